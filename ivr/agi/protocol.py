@@ -1,0 +1,318 @@
+"""The AGI wire protocol with no I/O: bytes in, events and commands out.
+
+In the style of h11: :class:`HeaderParser` and :class:`ReplyParser` are fed whatever the
+socket produced and hand back complete items; :func:`format_command` turns a command into
+the bytes to send. Nothing here touches a socket or a clock, so every edge case can be
+tested byte by byte.
+
+Why not panoramisk's FastAGI: in 1.4 it does not check for EOF while reading the header
+block (a peer that closes mid-header makes it spin or hang), reads a multi-line 520 reply
+as one line (the rest then poisons the next reply), and returns a dict on failures instead
+of raising. See docs/design.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+# Limits that keep a misbehaving peer from eating memory.
+MAX_LINE = 8192
+MAX_HEADER_LINES = 200
+
+_HEADER_KEY = re.compile(r"^agi_[a-z0-9_]+$")
+
+
+class AgiError(Exception):
+    """Base of every AGI failure."""
+
+
+class AgiProtocolError(AgiError):
+    """The peer sent bytes that are not AGI."""
+
+
+class AgiHangup(AgiError):
+    """The channel hung up (HANGUP line, 511, or result=-1 on a dead channel)."""
+
+
+class AgiInvalidCommand(AgiError):
+    """510: Asterisk does not know the command."""
+
+
+class AgiUsageError(AgiError):
+    """520: the command's arguments were wrong; ``usage`` holds Asterisk's help text."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class AgiCommandFailed(AgiError):
+    """200 result=-1 on a live channel (e.g. a sound file that does not exist)."""
+
+    def __init__(self, command: str, reply: Reply) -> None:
+        super().__init__(f"{command} failed: {reply.raw}")
+        self.reply = reply
+
+
+# ---------------------------------------------------------------------------------------
+# Header block
+
+
+@dataclass(frozen=True)
+class AgiEnvironment(Mapping[str, str]):
+    """The ``agi_*`` variables Asterisk sends first, keys without the ``agi_`` prefix."""
+
+    values: dict[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()
+
+    def __getitem__(self, key: str) -> str:
+        return self.values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def network_script(self) -> str:
+        return self.values.get("network_script", "")
+
+    @property
+    def route(self) -> str:
+        """The route name: ``agi://host:port/topup?x=1`` gives ``topup``."""
+        script = self.network_script.split("?", 1)[0].strip("/")
+        return script.split("/", 1)[0]
+
+    @property
+    def query(self) -> dict[str, str]:
+        """Parameters after ``?`` in the script path (``a=1&b=2``)."""
+        _, _, query = self.network_script.partition("?")
+        pairs = (part.partition("=") for part in query.split("&") if part)
+        return {key: value for key, _, value in pairs}
+
+    @property
+    def uniqueid(self) -> str:
+        return self.values.get("uniqueid", "")
+
+    @property
+    def channel(self) -> str:
+        return self.values.get("channel", "")
+
+    @property
+    def callerid(self) -> str:
+        value = self.values.get("callerid", "")
+        return "" if value == "unknown" else value
+
+
+class HeaderParser:
+    """Collects ``agi_key: value`` lines up to the blank line that ends the block."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._values: dict[str, str] = {}
+        self._args: list[tuple[int, str]] = []
+        self._lines = 0
+        self.environment: AgiEnvironment | None = None
+
+    def feed(self, data: bytes) -> AgiEnvironment | None:
+        """Feed bytes; returns the environment once the block is complete.
+
+        Bytes after the blank line are kept in :attr:`leftover` (a well-behaved Asterisk
+        sends none before our first command).
+        """
+        if self.environment is not None:
+            raise AgiProtocolError("header block already complete")
+        self._buffer += data
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                if len(self._buffer) > MAX_LINE:
+                    raise AgiProtocolError("header line too long")
+                return None
+            raw = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            if line == "":
+                if not self._values:
+                    raise AgiProtocolError("empty header block")
+                self._args.sort()
+                self.environment = AgiEnvironment(self._values, tuple(a for _, a in self._args))
+                return self.environment
+            self._take_line(line)
+
+    @property
+    def leftover(self) -> bytes:
+        return bytes(self._buffer)
+
+    def eof(self) -> None:
+        """The peer closed the connection: complete block or error, never a hang."""
+        if self.environment is None:
+            raise AgiProtocolError(
+                f"connection closed inside the header block after {self._lines} lines"
+            )
+
+    def _take_line(self, line: str) -> None:
+        self._lines += 1
+        if self._lines > MAX_HEADER_LINES:
+            raise AgiProtocolError("too many header lines")
+        key, sep, value = line.partition(":")
+        if not sep or not _HEADER_KEY.match(key):
+            raise AgiProtocolError(f"malformed header line {self._lines}: {line[:80]!r}")
+        value = value[1:] if value.startswith(" ") else value
+        name = key[len("agi_") :]
+        if name.startswith("arg_") and name[4:].isdigit():
+            self._args.append((int(name[4:]), value))
+        self._values[name] = value
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+
+
+def quote_argument(arg: object) -> str:
+    """Quote one argument the way res_agi's parser splits them.
+
+    Asterisk splits on spaces outside double quotes and honours backslash escapes, so an
+    argument is wrapped in quotes with ``\\`` and ``"`` escaped. Line breaks would end the
+    command early and let the rest be read as a second command: they are refused.
+    """
+    text = str(arg)
+    if "\n" in text or "\r" in text or "\0" in text:
+        raise ValueError("AGI arguments cannot contain line breaks or NUL")
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_command(name: str, *args: object) -> bytes:
+    """``format_command("STREAM FILE", "hello", "")`` -> ``b'STREAM FILE "hello" ""\\n'``."""
+    if not re.fullmatch(r"[A-Z][A-Z ]*[A-Z]", name):
+        raise ValueError(f"not an AGI command name: {name!r}")
+    parts = [name, *(quote_argument(a) for a in args)]
+    return (" ".join(parts) + "\n").encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------
+# Replies
+
+_RESULT = re.compile(r"^200 result=(?P<result>\S*)(?P<rest>.*)$")
+_TRAILER = re.compile(r"^(?:\s+[A-Za-z_]+=\S*)*\s*$")
+_PAIR = re.compile(r"([A-Za-z_]+)=(\S*)")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One complete reply to one command."""
+
+    code: int
+    result: str = ""
+    data: str | None = None  # the text in parentheses: "timeout", "dtmf", a variable...
+    extras: Mapping[str, str] = field(default_factory=dict)  # endpos=..., etc.
+    raw: str = ""
+    usage: str = ""  # 520 help text
+
+    @property
+    def result_int(self) -> int:
+        try:
+            return int(self.result)
+        except ValueError:
+            raise AgiProtocolError(f"result is not a number: {self.raw!r}") from None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.data == "timeout"
+
+
+@dataclass(frozen=True)
+class HangupNotice:
+    """The inline ``HANGUP`` line Asterisk sends when the channel hangs up."""
+
+
+def parse_result_line(line: str) -> Reply:
+    """Parse ``200 result=1 (some data) endpos=1234``.
+
+    The data may contain spaces and parentheses (a variable's value), so it runs to the
+    last ``)`` after which only ``key=value`` pairs follow.
+    """
+    match = _RESULT.match(line)
+    if match is None:
+        raise AgiProtocolError(f"malformed 200 reply: {line!r}")
+    result, rest = match["result"], match["rest"]
+    data: str | None = None
+    stripped = rest.lstrip()
+    if stripped.startswith("("):
+        close = len(stripped)
+        while True:
+            close = stripped.rfind(")", 0, close)
+            if close < 0:
+                raise AgiProtocolError(f"unbalanced parentheses in reply: {line!r}")
+            if _TRAILER.match(stripped[close + 1 :]):
+                break
+        data = stripped[1:close]
+        rest = stripped[close + 1 :]
+    elif rest and not _TRAILER.match(rest):
+        raise AgiProtocolError(f"unexpected text in reply: {line!r}")
+    extras = dict(_PAIR.findall(rest))
+    return Reply(200, result, data, extras, line)
+
+
+class ReplyParser:
+    """Turns the byte stream after the header block into :class:`Reply` and
+    :class:`HangupNotice` items."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._usage: list[str] | None = None  # inside a multi-line 520
+        self._usage_first = ""
+
+    def feed(self, data: bytes) -> list[Reply | HangupNotice]:
+        self._buffer += data
+        items: list[Reply | HangupNotice] = []
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline < 0:
+                if len(self._buffer) > MAX_LINE and self._usage is None:
+                    raise AgiProtocolError("reply line too long")
+                return items
+            raw = bytes(self._buffer[:newline])
+            del self._buffer[: newline + 1]
+            item = self._take_line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+            if item is not None:
+                items.append(item)
+
+    def _take_line(self, line: str) -> Reply | HangupNotice | None:
+        if self._usage is not None:
+            if line.startswith("520 "):
+                usage = "\n".join(self._usage)
+                self._usage = None
+                return Reply(520, raw=self._usage_first, usage=usage)
+            self._usage.append(line)
+            return None
+        if line == "HANGUP":
+            return HangupNotice()
+        if line == "":
+            return None  # stray blank line; Asterisk sends none, tolerate it
+        if line.startswith("200 "):
+            return parse_result_line(line)
+        if line.startswith("520-"):
+            self._usage = []
+            self._usage_first = line
+            return None
+        code_text = line[:3]
+        if len(line) >= 3 and code_text.isdigit() and (len(line) == 3 or line[3] == " "):
+            return Reply(int(code_text), raw=line)
+        raise AgiProtocolError(f"unexpected line from Asterisk: {line[:80]!r}")
+
+
+def raise_for_reply(command: str, reply: Reply) -> Reply:
+    """Map error codes to exceptions; 200 replies pass through."""
+    if reply.code == 200:
+        return reply
+    if reply.code == 511:
+        raise AgiHangup(f"{command}: channel is dead ({reply.raw})")
+    if reply.code == 510:
+        raise AgiInvalidCommand(f"{command}: {reply.raw}")
+    if reply.code == 520:
+        raise AgiUsageError(f"{command}: invalid syntax", reply.usage)
+    raise AgiProtocolError(f"{command}: unexpected reply {reply.raw!r}")

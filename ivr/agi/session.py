@@ -1,0 +1,210 @@
+"""One FastAGI call: sends commands, waits for replies, exposes typed helpers.
+
+A session owns its stream and its per-call state (``session.state``), like an aiosmtpd
+session. Flows call the helpers below; nothing else writes to the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from .protocol import (
+    AgiCommandFailed,
+    AgiEnvironment,
+    AgiHangup,
+    AgiProtocolError,
+    HangupNotice,
+    Reply,
+    ReplyParser,
+    format_command,
+    raise_for_reply,
+)
+
+log = logging.getLogger("ivr.agi")
+
+READ_CHUNK = 4096
+
+
+class AgiSession:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        env: AgiEnvironment,
+        *,
+        command_timeout: float = 3600.0,
+        leftover: bytes = b"",
+    ) -> None:
+        self.env = env
+        self.state: dict[str, Any] = {}
+        self.hung_up = False
+        self._reader = reader
+        self._writer = writer
+        self._parser = ReplyParser()
+        self._pending: list[Reply] = []
+        self._command_timeout = command_timeout
+        self._secret_depth = 0
+        self._lock = asyncio.Lock()
+        if leftover:
+            self._absorb(self._parser.feed(leftover))
+
+    # ---------------------------------------------------------------- logging control
+
+    @contextlib.contextmanager
+    def secret(self) -> Iterator[None]:
+        """Inside this block, neither commands nor replies are logged (PIN, card number)."""
+        self._secret_depth += 1
+        try:
+            yield
+        finally:
+            self._secret_depth -= 1
+
+    @property
+    def _log_prefix(self) -> str:
+        return f"[{self.env.uniqueid or '?'}]"
+
+    # ---------------------------------------------------------------- the one primitive
+
+    async def command(self, name: str, *args: object, secret: bool = False) -> Reply:
+        """Send one command and return its 200 reply, raising on error codes."""
+        if self.hung_up and name != "HANGUP":
+            raise AgiHangup(f"{name}: channel already hung up")
+        data = format_command(name, *args)
+        quiet = secret or self._secret_depth > 0
+        async with self._lock:
+            if quiet:
+                log.debug("%s -> %s <redacted>", self._log_prefix, name)
+            else:
+                log.debug("%s -> %s", self._log_prefix, data.decode().rstrip())
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                self.hung_up = True
+                raise AgiHangup(f"{name}: connection lost ({exc})") from None
+            reply = await asyncio.wait_for(self._next_reply(name), self._command_timeout)
+        if not quiet:
+            log.debug("%s <- %s", self._log_prefix, reply.raw)
+        return raise_for_reply(name, reply)
+
+    async def _next_reply(self, name: str) -> Reply:
+        while True:
+            while self._pending:
+                reply = self._pending.pop(0)
+                if reply.code != 100:  # "100 result=0 Trying..." precedes the real reply
+                    return reply
+            try:
+                chunk = await self._reader.read(READ_CHUNK)
+            except ConnectionError:
+                chunk = b""
+            if not chunk:
+                self.hung_up = True
+                raise AgiHangup(f"{name}: Asterisk closed the connection")
+            self._absorb(self._parser.feed(chunk))
+
+    def _absorb(self, items: list[Reply | HangupNotice]) -> None:
+        for item in items:
+            if isinstance(item, HangupNotice):
+                self.hung_up = True
+            else:
+                self._pending.append(item)
+
+    async def _checked(self, name: str, *args: object, secret: bool = False) -> Reply:
+        """A channel command where result=-1 means hang-up or failure.
+
+        result=-1 is ambiguous: a caller who hung up mid-prompt and a missing sound file
+        give the same reply, and the HANGUP line comes after it. CHANNEL STATUS tells them
+        apart: on a dead channel Asterisk answers it with 511.
+        """
+        reply = await self.command(name, *args, secret=secret)
+        if reply.result != "-1":
+            return reply
+        if not self.hung_up:
+            try:
+                await self.command("CHANNEL STATUS")
+            except AgiHangup:
+                self.hung_up = True
+        if self.hung_up:
+            raise AgiHangup(f"{name}: caller hung up")
+        raise AgiCommandFailed(name, reply)
+
+    # ---------------------------------------------------------------- helpers
+
+    async def answer(self) -> None:
+        await self._checked("ANSWER")
+
+    async def hangup(self) -> None:
+        """Hang up our channel; a channel that is already gone is fine."""
+        if self.hung_up:
+            return
+        with contextlib.suppress(AgiHangup):
+            await self.command("HANGUP")
+        self.hung_up = True
+
+    async def stream_file(self, filename: str, escape_digits: str = "") -> tuple[str, int]:
+        """Play a prompt. Returns (digit pressed or "", end position in samples)."""
+        reply = await self._checked("STREAM FILE", filename, escape_digits)
+        endpos = int(reply.extras.get("endpos", "0"))
+        return _digit(reply), endpos
+
+    async def get_data(
+        self, filename: str, timeout_ms: int = 5000, max_digits: int = 20, *, secret: bool = False
+    ) -> str | None:
+        """Play a prompt and collect digits up to ``#``, max_digits or the timeout.
+
+        Returns the digits typed ("" when none), or None when the caller typed nothing
+        before the timeout. Pass ``secret=True`` for PINs and card numbers.
+        """
+        reply = await self._checked("GET DATA", filename, timeout_ms, max_digits, secret=secret)
+        if reply.timed_out and reply.result == "":
+            return None
+        return reply.result
+
+    async def wait_for_digit(self, timeout_ms: int = 5000) -> str:
+        reply = await self._checked("WAIT FOR DIGIT", timeout_ms)
+        return _digit(reply)
+
+    async def say_digits(self, digits: str, escape_digits: str = "") -> str:
+        if not digits.isdigit():
+            raise ValueError("SAY DIGITS takes digits only")
+        return _digit(await self._checked("SAY DIGITS", digits, escape_digits))
+
+    async def say_number(self, number: int, escape_digits: str = "") -> str:
+        return _digit(await self._checked("SAY NUMBER", number, escape_digits))
+
+    async def set_variable(self, name: str, value: object) -> None:
+        await self.command("SET VARIABLE", name, value)
+
+    async def get_variable(self, name: str) -> str | None:
+        """A channel variable or function value; None when it is not set."""
+        reply = await self.command("GET VARIABLE", name)
+        return reply.data if reply.result == "1" else None
+
+    async def exec(self, application: str, *options: str) -> int:
+        """Run a dialplan application; returns its result (-2 when it does not exist)."""
+        reply = await self.command("EXEC", application, ",".join(options))
+        result = reply.result_int
+        if result == -2:
+            raise AgiCommandFailed(f"EXEC {application}", reply)
+        return result
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        await self.command("VERBOSE", message, level)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+            await asyncio.wait_for(self._writer.wait_closed(), 2)
+
+
+def _digit(reply: Reply) -> str:
+    """STREAM FILE / WAIT FOR DIGIT put the pressed key's ASCII code in result."""
+    try:
+        code = int(reply.result)
+    except ValueError:
+        raise AgiProtocolError(f"non-numeric result: {reply.raw!r}") from None
+    return chr(code) if code > 0 else ""

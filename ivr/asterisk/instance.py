@@ -1,0 +1,301 @@
+"""One running Asterisk for the IVR: its config, its directories, start, stop and status.
+
+The project's asterisk-conf/ and dialplan/ are rendered into the instance's own etc
+directory (``{{name}}`` placeholders filled from the settings), never into the system's
+/etc/asterisk, so a system Asterisk keeps its own config.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings
+from .install import AsteriskInstall, AsteriskSetupError, log
+
+
+def project_dir() -> Path:
+    """The checkout holding asterisk-conf/ and dialplan/ (the package's parent)."""
+    here = Path(__file__).resolve().parents[2]
+    if (here / "asterisk-conf").is_dir() and (here / "dialplan").is_dir():
+        return here
+    raise AsteriskSetupError(
+        f"asterisk-conf/ and dialplan/ not found next to the ivr package ({here}); "
+        "install the project from its checkout (pip install -e .)"
+    )
+
+
+def render_template(text: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    if "{{" in text:
+        start = text.index("{{")
+        raise AsteriskSetupError(f"unfilled placeholder {text[start:start + 40]!r}")
+    return text
+
+
+@dataclass
+class AsteriskInstance:
+    settings: Settings
+    install: AsteriskInstall
+    source_dir: Path | None = None
+
+    # ------------------------------------------------------------------ layout
+
+    @property
+    def base(self) -> str:
+        """The instance directory as Asterisk sees it (inside the sandbox root)."""
+        name = self.settings.asterisk_instance
+        if self.install.root is not None:
+            return f"/ivr/{name}"
+        return str((self.settings.data_dir / "asterisk" / name).resolve())
+
+    @property
+    def etc_dir(self) -> str:
+        return f"{self.base}/etc"
+
+    @property
+    def state_dir(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def conf_file(self) -> str:
+        return f"{self.etc_dir}/asterisk.conf"
+
+    def host(self, inner: str) -> Path:
+        return self.install.host_path(inner)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.host(f"{self.state_dir}/run/asterisk.pid")
+
+    @property
+    def log_file(self) -> Path:
+        return self.host(f"{self.state_dir}/log/messages.log")
+
+    @property
+    def sounds_dir(self) -> Path:
+        return self.host(f"{self.install.data_dir}/sounds")
+
+    # ------------------------------------------------------------------ config
+
+    def render(self) -> None:
+        """Write asterisk-conf/ and dialplan/ into the instance's etc directory."""
+        src = self.source_dir or project_dir()
+        etc = self.host(self.etc_dir)
+        dialplan_dst = etc / "dialplan"
+        for sub in ("db", "spool", "run", "log"):
+            self.host(f"{self.state_dir}/{sub}").mkdir(parents=True, exist_ok=True)
+        dialplan_dst.mkdir(parents=True, exist_ok=True)
+        for old in list(etc.glob("*.conf")) + list(dialplan_dst.glob("*.conf")):
+            old.unlink()
+        dialplan_files = sorted((src / "dialplan").glob("*.conf"))
+        s = self.settings
+        values = {
+            "etc_dir": self.etc_dir,
+            "mod_dir": self.install.mod_dir,
+            "data_dir": self.install.data_dir,
+            "varlib_dir": f"{self.base}/varlib",
+            "state_dir": self.state_dir,
+            "ami_host": s.ami_host,
+            "ami_port": str(s.ami_port),
+            "ami_user": s.ami_user,
+            "ami_secret": s.ami_secret,
+            "agi_host": s.agi_host if s.agi_host not in ("0.0.0.0", "::") else "127.0.0.1",
+            "agi_port": str(s.agi_port),
+            "dialplan_includes": "\n".join(
+                f"#include {self.etc_dir}/dialplan/{p.name}" for p in dialplan_files
+            ),
+        }
+        self.host(values["varlib_dir"]).mkdir(parents=True, exist_ok=True)
+        for conf in sorted((src / "asterisk-conf").glob("*.conf")):
+            text = render_template(conf.read_text(), values)
+            target = etc / conf.name
+            target.write_text(text)
+            if conf.name == "manager.conf":
+                target.chmod(0o600)  # holds the AMI secret
+        for conf in dialplan_files:
+            (dialplan_dst / conf.name).write_text(conf.read_text())
+
+    # ------------------------------------------------------------------ process
+
+    def _cli_argv(self, command: str) -> list[str]:
+        return self.install.argv("-C", self.conf_file, "-rx", command)
+
+    def cli(self, command: str, timeout: float = 20) -> str:
+        result = subprocess.run(
+            self._cli_argv(command), capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode != 0:
+            raise AsteriskSetupError(f"asterisk -rx {command!r}: {result.stderr.strip()}")
+        return result.stdout
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        if _is_zombie(pid):
+            return None
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 60) -> None:
+        """Render the config and start Asterisk (or reload it when it already runs), then
+        wait until AMI accepts our login."""
+        self.render()
+        if self.running():
+            log.info("Asterisk already running (pid %s); reloading config", self.pid())
+            self.cli("core reload")
+        else:
+            if _port_in_use(self.settings.ami_host, self.settings.ami_port):
+                raise AsteriskSetupError(
+                    f"AMI port {self.settings.ami_host}:{self.settings.ami_port} is taken by "
+                    "another process; set IVR_AMI_PORT or stop it"
+                )
+            log.info("starting Asterisk (%s) with %s", self.install.kind, self.conf_file)
+            # Without -f Asterisk daemonizes itself; -n: no colour codes in its logs.
+            result = subprocess.run(
+                self.install.argv("-n", "-C", self.conf_file),
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if result.returncode != 0:
+                raise AsteriskSetupError(
+                    f"asterisk did not start ({result.returncode}): {result.stderr.strip()}"
+                )
+        self.wait_for_ami(timeout)
+
+    def wait_for_ami(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                ami_login_check(
+                    self.settings.ami_host,
+                    self.settings.ami_port,
+                    self.settings.ami_user,
+                    self.settings.ami_secret,
+                )
+                if self._fully_booted():
+                    return
+                last = "Asterisk not fully booted"
+            except (OSError, AsteriskSetupError) as exc:
+                last = str(exc)
+            if not self.running():
+                raise AsteriskSetupError(
+                    f"Asterisk exited during start; see {self.log_file}\n{self.log_tail()}"
+                )
+            time.sleep(0.2)
+        raise AsteriskSetupError(f"AMI did not answer within {timeout}s: {last}")
+
+    def _fully_booted(self) -> bool:
+        try:
+            return "fully booted" in self.cli("core waitfullybooted", timeout=10).lower()
+        except (AsteriskSetupError, subprocess.TimeoutExpired):
+            return False
+
+    def stop(self, timeout: float = 20) -> bool:
+        """Stop Asterisk; returns False when it was not running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            self.cli("core stop now", timeout=timeout)
+        except (AsteriskSetupError, subprocess.TimeoutExpired):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running():
+            time.sleep(0.1)
+        if self.running():
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+        return True
+
+    def status(self) -> dict[str, object]:
+        pid = self.pid()
+        info: dict[str, object] = {
+            "kind": self.install.kind,
+            "root": str(self.install.root) if self.install.root else None,
+            "instance": self.settings.asterisk_instance,
+            "config": str(self.host(self.conf_file)),
+            "running": pid is not None,
+            "pid": pid,
+            "ami": f"{self.settings.ami_host}:{self.settings.ami_port}",
+        }
+        if pid is not None:
+            try:
+                ami_login_check(
+                    self.settings.ami_host,
+                    self.settings.ami_port,
+                    self.settings.ami_user,
+                    self.settings.ami_secret,
+                )
+                info["ami_answers"] = True
+            except (OSError, AsteriskSetupError) as exc:
+                info["ami_answers"] = False
+                info["ami_error"] = str(exc)
+            try:
+                info["version"] = self.cli("core show version").strip()
+            except (AsteriskSetupError, subprocess.TimeoutExpired) as exc:
+                info["version"] = f"unknown ({exc})"
+        return info
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] == "Z"
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def ami_login_check(host: str, port: int, user: str, secret: str, timeout: float = 3) -> None:
+    """Log in to AMI and log off: raises OSError when nothing answers, AsteriskSetupError
+    when the login is refused."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        stream = sock.makefile("rwb")
+        banner = stream.readline()
+        if not banner.startswith(b"Asterisk Call Manager"):
+            raise AsteriskSetupError(f"not an AMI banner: {banner[:60]!r}")
+        stream.write(
+            f"Action: Login\r\nUsername: {user}\r\nSecret: {secret}\r\nEvents: off\r\n\r\n".encode()
+        )
+        stream.flush()
+        reply: list[bytes] = []
+        while True:
+            line = stream.readline()
+            if not line or line in (b"\r\n", b"\n"):
+                break
+            reply.append(line)
+        text = b"".join(reply).decode(errors="replace")
+        if "Response: Success" not in text:
+            raise AsteriskSetupError(f"AMI login refused: {text.strip()}")
+        stream.write(b"Action: Logoff\r\n\r\n")
+        stream.flush()

@@ -1,0 +1,181 @@
+"""The ``ivr`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from .config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("ivr")
+
+
+def _setup_logging(settings: Settings, verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), 20),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+# ------------------------------------------------------------------------- serve / run
+
+
+async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None) -> int:
+    """Run the FastAGI server until SIGTERM/SIGINT, then shut down gracefully."""
+    from .agi import AgiServer
+    from .flows import ROUTES
+
+    server = AgiServer(
+        ROUTES,
+        settings.agi_host,
+        settings.agi_port,
+        header_timeout=settings.agi_header_timeout,
+        command_timeout=settings.agi_command_timeout,
+    )
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if on_started:
+        on_started()
+    await stop.wait()
+    log.info("stopping; running calls get up to %gs to finish", settings.shutdown_grace)
+    await server.shutdown(settings.shutdown_grace)
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    changes: dict[str, object] = {}
+    if args.host:
+        changes["agi_host"] = args.host
+    if args.port is not None:
+        changes["agi_port"] = args.port
+    return asyncio.run(serve(settings.replace(**changes)))
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    """Bring up Asterisk, then serve; stop Asterisk on exit unless --keep-asterisk."""
+    from .asterisk import instance_for
+
+    instance = instance_for(settings)
+    was_running = instance.running()
+    instance.start()
+    console = " ".join(instance.install.argv("-C", instance.conf_file, "-r"))
+    print(f"ivr: Asterisk ({instance.install.kind}) up, AMI on "
+          f"{settings.ami_host}:{settings.ami_port}; its console: {console}", flush=True)
+    try:
+        return asyncio.run(serve(settings))
+    finally:
+        if not (args.keep_asterisk or was_running):
+            instance.stop()
+            print("ivr: Asterisk stopped", flush=True)
+
+
+# ------------------------------------------------------------------------- asterisk
+
+
+def cmd_asterisk(settings: Settings, args: argparse.Namespace) -> int:
+    from .asterisk import AsteriskSetupError, instance_for
+
+    try:
+        if args.action == "install":
+            instance = instance_for(settings)
+            install = instance.install
+            where = f" in {install.root}" if install.root else ""
+            print(f"{install.kind} Asterisk{where}: {install.version()}")
+            return 0
+        if args.action == "up":
+            instance = instance_for(settings)
+            instance.start(timeout=args.timeout)
+            info = instance.status()
+            _print_status(info, args.json)
+            return 0
+        instance = instance_for(settings, build=False)
+        if args.action == "down":
+            stopped = instance.stop()
+            print("Asterisk stopped" if stopped else "Asterisk was not running")
+            return 0
+        info = instance.status()
+        _print_status(info, args.json)
+        return 0 if info["running"] else 3
+    except AsteriskSetupError as exc:
+        if args.action == "status":
+            _print_status({"running": False, "error": str(exc)}, args.json)
+            return 3
+        print(f"ivr asterisk {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_status(info: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    for key, value in info.items():
+        print(f"{key:12} {value}")
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    shown = {k: str(v) for k, v in vars(settings).items()}
+    shown["ami_secret"] = "***"
+    shown["effective_database_url"] = settings.effective_database_url
+    print(json.dumps(shown, indent=2))
+    return 0
+
+
+# ------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ivr",
+        description="Prepaid calling-card and top-up IVR for Asterisk.",
+    )
+    parser.add_argument("--config", help="TOML settings file (else $IVR_CONFIG, ./ivr.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the FastAGI server")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("run", help="bring up Asterisk and run the FastAGI server")
+    p.add_argument("--keep-asterisk", action="store_true", help="leave Asterisk running on exit")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("asterisk", help="bring up, stop or inspect the project's Asterisk")
+    p.add_argument(
+        "action",
+        choices=["install", "up", "down", "status"],
+        help="install: find the system Asterisk or build the sandbox; up: install, render "
+        "the config, start and wait for AMI; down: stop; status: state (exit 3 if stopped)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--timeout", type=float, default=60, help="seconds to wait for AMI (up)")
+    p.set_defaults(func=cmd_asterisk)
+
+    p = sub.add_parser("config", help="show the effective settings (secret hidden)")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings, args.verbose)
+    return int(args.func(settings, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Settings: built-in defaults, then a TOML file, then ``IVR_*`` environment variables.
+
+The file is the first of: the ``--config`` option, ``$IVR_CONFIG``, ``./ivr.toml``,
+``$XDG_CONFIG_HOME/ivr/ivr.toml``. Every key may be given flat (``agi_port = 4573``) or
+grouped in a table whose name is the key's prefix (``[agi] port = 4573``). An environment
+variable is the key in upper case: ``IVR_AGI_PORT=4600``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "IVR_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type."""
+
+
+def _xdg(var: str, fallback: str) -> Path:
+    return Path(os.environ.get(var) or Path.home() / fallback)
+
+
+def default_data_dir() -> Path:
+    return _xdg("XDG_DATA_HOME", ".local/share") / "ivr"
+
+
+def default_cache_dir() -> Path:
+    return _xdg("XDG_CACHE_HOME", ".cache") / "ivr"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the SQLite database, logs and the Asterisk instance state live.
+    data_dir: Path = field(default_factory=default_data_dir)
+    # SQLAlchemy URL; empty means an SQLite file in data_dir.
+    database_url: str = ""
+
+    # FastAGI server.
+    agi_host: str = "127.0.0.1"
+    agi_port: int = 4573
+    agi_header_timeout: float = 5.0  # seconds to receive the agi_* block
+    agi_command_timeout: float = 3600.0  # a GET DATA may legitimately wait long
+    shutdown_grace: float = 30.0  # seconds running calls get on SIGTERM
+
+    # Asterisk Manager Interface. Loopback only; the secret is a sandbox default that an
+    # operator must override (IVR_AMI_SECRET) on any shared machine.
+    ami_host: str = "127.0.0.1"
+    ami_port: int = 5038
+    ami_user: str = "ivr"
+    ami_secret: str = "ivr-sandbox-secret"
+
+    # Which Asterisk `ivr asterisk up` runs: auto (system if installed, else sandbox),
+    # system, or sandbox (Debian sid's Asterisk in a debootstrap root).
+    asterisk_mode: str = "auto"
+    asterisk_sandbox_dir: Path = field(default_factory=lambda: default_cache_dir() / "asterisk-sid")
+    # Name of the Asterisk instance (its own run/log/spool dirs), so a test instance can
+    # run beside the operator's.
+    asterisk_instance: str = "main"
+    # The dial string for destinations; {number} is the filtered, normalised number.
+    # The default is the sandbox test trunk.
+    trunk_dial: str = "Local/{number}@ivr-test-callee"
+
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'ivr.sqlite3'}"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+_FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _coerce(name: str, raw: object) -> object:
+    """Turn a file or environment value into the field's type, or raise ConfigError."""
+    default = _FIELDS[name].default
+    if default is dataclasses.MISSING:
+        default = _FIELDS[name].default_factory()  # type: ignore[misc]
+    kind = type(default)
+    try:
+        if isinstance(default, Path):
+            return Path(str(raw)).expanduser()
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if kind is int:
+            if isinstance(raw, bool):
+                raise TypeError("boolean given")
+            return int(str(raw))
+        if kind is float:
+            return float(str(raw))
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {raw!r} ({exc})") from None
+
+
+def _flatten(table: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    environ = os.environ if environ is None else environ
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    env = environ.get("IVR_CONFIG")
+    if env:
+        return find_config_file(env, environ)
+    for candidate in (Path("ivr.toml"), _xdg("XDG_CONFIG_HOME", ".config") / "ivr" / "ivr.toml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Defaults < file < environment."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    path = find_config_file(config_file, environ)
+    if path is not None:
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        for name, raw in _flatten(table).items():
+            if name not in _FIELDS:
+                raise ConfigError(f"{path}: unknown setting {name!r}")
+            values[name] = _coerce(name, raw)
+    for env_name, raw in environ.items():
+        if not env_name.startswith(ENV_PREFIX) or env_name == "IVR_CONFIG":
+            continue
+        name = env_name[len(ENV_PREFIX) :].lower()
+        if name in _FIELDS:
+            values[name] = _coerce(name, raw)
+    return Settings(**values)  # type: ignore[arg-type]

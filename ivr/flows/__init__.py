@@ -1,0 +1,8 @@
+"""Call flows, one FastAGI route each: ``AGI(agi://host:4573/<route>)``."""
+
+from ..agi import Handler
+from .hello import hello
+
+ROUTES: dict[str, Handler] = {
+    "hello": hello,
+}
