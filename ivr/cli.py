@@ -20,6 +20,7 @@ def _setup_logging(settings: Settings, verbose: bool) -> None:
         level=logging.DEBUG if verbose else getattr(logging, settings.log_level.upper(), 20),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # ------------------------------------------------------------------------- serve / run
@@ -162,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="show the effective settings (secret hidden)")
     p.set_defaults(func=cmd_config)
+
+    from .cli_admin import add_commands
+
+    add_commands(sub)
     return parser
 
 
@@ -174,6 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ivr: {exc}", file=sys.stderr)
         return 2
     _setup_logging(settings, args.verbose)
+    if args.func.__module__.endswith("cli_admin"):
+        from .cli_admin import run_admin
+
+        return run_admin(args.func, settings, args)
     return int(args.func(settings, args) or 0)
 
 

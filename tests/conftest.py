@@ -1,39 +1,53 @@
 """Test-session rules shared by every layer.
 
-With IVR_REQUIRE_ASTERISK=1 (set by the project's test command and CI) the run fails
-unless tests marked ``asterisk`` ran and none was skipped: a green run must mean that the
-real-Asterisk layer was exercised.
+``IVR_REQUIRE_REAL=asterisk,postgres`` (set by the project's test command, so by CI) makes
+the run fail unless the tests with each named marker ran and passed with none skipped: a
+green run must mean the real Asterisk and the real PostgreSQL were exercised.
 """
 
+from __future__ import annotations
+
 import os
+from collections import Counter
 
 import pytest
 
-_asterisk = {"passed": 0, "failed": 0, "skipped": 0}
+REAL_MARKERS = ("asterisk", "postgres")
+_counts: dict[str, Counter[str]] = {m: Counter() for m in REAL_MARKERS}
+
+
+def _required() -> list[str]:
+    raw = os.environ.get("IVR_REQUIRE_REAL", "")
+    return [m.strip() for m in raw.split(",") if m.strip()]
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "asterisk" not in report.keywords:
-        return
-    if report.skipped:
-        _asterisk["skipped"] += 1
-    elif report.when == "call":
-        _asterisk["passed" if report.passed else "failed"] += 1
-    elif report.failed:
-        _asterisk["failed"] += 1
+    for marker in REAL_MARKERS:
+        if marker not in report.keywords:
+            continue
+        if report.skipped:
+            _counts[marker]["skipped"] += 1
+        elif report.when == "call":
+            _counts[marker]["passed" if report.passed else "failed"] += 1
+        elif report.failed:
+            _counts[marker]["errors"] += 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    counts = ", ".join(f"{v} {k}" for k, v in _asterisk.items())
-    terminalreporter.write_line(f"asterisk-marked tests: {counts}")
+    for marker in REAL_MARKERS:
+        c = _counts[marker]
+        terminalreporter.write_line(
+            f"{marker}-marked tests: {c['passed']} passed, {c['failed']} failed, "
+            f"{c['errors']} errors, {c['skipped']} skipped"
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("IVR_REQUIRE_ASTERISK") != "1":
-        return
-    if _asterisk["skipped"] or not _asterisk["passed"]:
-        print(
-            "\nIVR_REQUIRE_ASTERISK=1: real-Asterisk tests must run and pass, none skipped "
-            f"(passed={_asterisk['passed']}, skipped={_asterisk['skipped']})"
-        )
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    for marker in _required():
+        c = _counts.get(marker, Counter())
+        if c["skipped"] or not c["passed"]:
+            print(
+                f"\nIVR_REQUIRE_REAL: the {marker}-marked tests must run and pass, none "
+                f"skipped (passed={c['passed']}, skipped={c['skipped']})"
+            )
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,378 @@
+"""Operator commands: database, plans, rate decks, accounts and cards (each with --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, date, datetime
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from .config import Settings
+from .db import Database, DatabaseUnavailable, MoneyPrecisionError
+from .db.migrate import SchemaOutOfDate, current_revision, ensure_schema, upgrade
+from .db.models import Card, CardStatus, EntryKind, Rate, RatingPlan
+from .db.types import display
+
+EXIT_USAGE = 2
+EXIT_REFUSED = 1
+
+
+class CommandError(Exception):
+    """A refused command: printed as one clear line, exit status 1."""
+
+
+def _money(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"not an amount: {text!r}")
+    return value
+
+
+def _when(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+def open_db(settings: Settings) -> Database:
+    """The database, reachable and at the current schema (SQLite is migrated on the fly;
+    PostgreSQL wants an explicit `ivr db upgrade`)."""
+    db = Database(settings.effective_database_url)
+    db.ping()
+    ensure_schema(db.engine, auto=db.is_sqlite)
+    return db
+
+
+# --------------------------------------------------------------------------- db
+
+
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    db = Database(settings.effective_database_url)
+    db.ping()
+    if args.action == "upgrade":
+        upgrade(db.engine)
+    revision = current_revision(db.engine)
+    _emit(args, {"database": db.safe_url, "revision": revision},
+          f"database {db.safe_url} at revision {revision}")
+    return 0
+
+
+# --------------------------------------------------------------------------- plans
+
+
+def cmd_plans(settings: Settings, args: argparse.Namespace) -> int:
+    from .rates_store import create_plan
+
+    db = open_db(settings)
+    with db.transaction() as s:
+        if args.action == "create":
+            plan = create_plan(s, args.name, args.currency, args.tz, args.decimals,
+                               args.rounding, args.max_cost)
+            _emit(args, _plan_dict(plan), f"plan {plan.name} created ({plan.currency})")
+            return 0
+        plans = s.scalars(select(RatingPlan).order_by(RatingPlan.name)).all()
+        counts = dict(s.execute(select(Rate.plan_id, func.count()).group_by(Rate.plan_id)).all())
+        rows = [_plan_dict(p) | {"rates": counts.get(p.id, 0)} for p in plans]
+        text = "\n".join(
+            f"{r['name']:16} {r['currency']} {r['tz']:20} {r['rounding']:8} "
+            f"{r['decimals']} decimals  {r['rates']} rates" for r in rows
+        ) or "no plans"
+        _emit(args, {"plans": rows}, text)
+    return 0
+
+
+def _plan_dict(p: RatingPlan) -> dict[str, Any]:
+    return {"name": p.name, "currency": p.currency, "tz": p.tz, "decimals": p.decimals,
+            "rounding": p.rounding, "max_cost": p.max_cost, "rates_version": p.rates_version}
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
+    return {"import": _rates_import, "quote": _rates_quote, "max-seconds": _rates_max}[
+        args.action
+    ](settings, args)
+
+
+def _rates_import(settings: Settings, args: argparse.Namespace) -> int:
+    from .rates_store import create_plan, import_rows
+    from .rating import load_deck
+
+    if args.format == "astpp" and not args.plan:
+        raise CommandError("--format astpp needs --plan (the deck names no plan)")
+    rows = load_deck(args.deck, format=args.format, plan=args.plan)  # DeckError: nothing written
+    db = open_db(settings)
+    with db.transaction() as s:
+        if args.currency:
+            for name in sorted({r.plan for r in rows}):
+                if s.scalar(select(RatingPlan.id).where(RatingPlan.name == name)) is None:
+                    create_plan(s, name, args.currency, args.tz)
+        result = import_rows(s, rows)
+    text = "\n".join(f"plan {p}: {n} rates imported (version {result.versions[p]})"
+                     for p, n in result.plans.items())
+    _emit(args, {"plans": result.plans, "versions": result.versions}, text)
+    return 0
+
+
+def _table_for(settings: Settings, plan_name: str):  # noqa: ANN202
+    from .rates_store import get_plan, load_table, plan_value
+
+    db = open_db(settings)
+    with db.transaction() as s:
+        plan = get_plan(s, plan_name)
+        return plan_value(plan), load_table(s, [plan])
+
+
+def _rates_quote(settings: Settings, args: argparse.Namespace) -> int:
+    from .rating import quote
+
+    plan, table = _table_for(settings, args.plan)
+    at = args.at or datetime.now(UTC)
+    q = quote(table, plan, args.number, args.seconds, at, args.service)
+    data = {
+        "plan": q.plan, "number": q.number, "seconds": q.seconds,
+        "charged_seconds": q.charged_seconds, "cost": str(q.cost), "currency": q.currency,
+        "prefix": q.prefix, "destination": q.destination, "connect_fee": str(q.connect_fee),
+        "at": at.isoformat(),
+    }
+    _emit(args, data, f"{q.cost} {q.currency} for {q.seconds}s to {q.number} "
+                      f"({q.destination}, prefix {q.prefix})")
+    return 0
+
+
+def _rates_max(settings: Settings, args: argparse.Namespace) -> int:
+    from .rating import max_seconds, quote
+
+    plan, table = _table_for(settings, args.plan)
+    at = args.at or datetime.now(UTC)
+    seconds = max_seconds(table, plan, args.number, args.balance, at, args.service)
+    q = quote(table, plan, args.number, max(seconds, 1), at, args.service)
+    data = {"plan": plan.name, "number": args.number, "balance": str(args.balance),
+            "max_seconds": seconds, "prefix": q.prefix, "destination": q.destination,
+            "currency": plan.currency, "at": at.isoformat()}
+    text = (f"{seconds}s ({seconds // 60} min {seconds % 60} s) to {args.number} "
+            f"({q.destination}) for {args.balance} {plan.currency}")
+    if seconds == 0:
+        text += ": refused, the balance does not cover the connect fee or first block"
+    _emit(args, data, text)
+    return 0
+
+
+# --------------------------------------------------------------------------- accounts
+
+
+def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
+    from .accounts import create_account, find_account, history
+    from .ledger import credit
+
+    db = open_db(settings)
+    with db.transaction() as s:
+        if args.action == "create":
+            account = create_account(s, args.plan, number=args.number, name=args.name,
+                                     balance=args.balance)
+        else:
+            account = find_account(s, args.account)
+        if args.action == "credit":
+            entry, new = credit(s, account.id, args.amount, EntryKind(args.kind),
+                                ref=args.ref, note=args.note)
+            data = _account_dict(account) | {"entry": entry.id, "applied": new}
+            if new:
+                text = (f"account {account.number} credited {display(args.amount)} "
+                        f"{account.currency}; balance {display(account.balance)}")
+            else:
+                text = (f"account {account.number}: --ref {args.ref} was already applied; "
+                        f"nothing changed; balance {display(account.balance)}")
+            _emit(args, data, text)
+            return 0
+        if args.action == "history":
+            entries = history(s, account, args.limit)
+            rows = [{"id": e.id, "at": e.created_at, "kind": e.kind.value, "amount": e.amount,
+                     "balance_after": e.balance_after, "ref": e.ref, "note": e.note}
+                    for e in entries]
+            text = "\n".join(f"{r['at']:%Y-%m-%d %H:%M:%S} {r['kind']:10} "
+                             f"{display(r['amount']):>14} {display(r['balance_after']):>14}  "
+                             f"{r['note']}" for r in rows)
+            _emit(args, _account_dict(account) | {"entries": rows}, text or "no entries")
+            return 0
+        cards = s.scalars(select(Card).where(Card.account_id == account.id)).all()
+        data = _account_dict(account) | {"cards": [_card_dict(c) for c in cards]}
+        _emit(args, data, f"account {account.number} ({account.status.value}) balance "
+                          f"{display(account.balance)} {account.currency}, held "
+                          f"{display(account.reserved)}, {len(cards)} card(s)")
+    return 0
+
+
+def _account_dict(a: Any) -> dict[str, Any]:
+    return {"account": a.number, "name": a.name, "status": a.status.value,
+            "currency": a.currency, "balance": display(a.balance),
+            "reserved": display(a.reserved), "available": display(a.balance - a.reserved)}
+
+
+def _card_dict(c: Card) -> dict[str, Any]:
+    # The full number is the card's identifier; the PIN is never shown (only its hash
+    # exists).
+    return {"card": c.number, "status": c.status.value, "expires_on": c.expires_on,
+            "batch": c.batch, "control": c.is_control, "failed_pins": c.failed_pins}
+
+
+# --------------------------------------------------------------------------- cards
+
+
+def cmd_cards(settings: Settings, args: argparse.Namespace) -> int:
+    from .accounts import find_card, issue_cards, set_card_status
+
+    db = open_db(settings)
+    if args.action == "issue":
+        cards = issue_cards(db, args.plan, args.count, args.balance, Path(args.out),
+                            account=args.account, pin_length=args.pin_length,
+                            expires_on=args.expires, batch=args.batch)
+        _emit(args, {"issued": len(cards), "out": args.out},
+              f"{len(cards)} card(s) written to {args.out} (the only copy of their PINs)")
+        return 0
+    with db.transaction() as s:
+        if args.action == "show":
+            card = find_card(s, args.card)
+        else:
+            status = CardStatus.LOCKED if args.action == "lock" else CardStatus.ACTIVE
+            card = set_card_status(s, args.card, status)
+        account = card.account
+        data = _card_dict(card) | {"account": account.number,
+                                   "balance": display(account.balance),
+                                   "currency": account.currency}
+        _emit(args, data, f"card ...{card.number[-4:]} {card.status.value}, account "
+                          f"{account.number} balance {display(account.balance)} "
+                          f"{account.currency}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    p = with_json(sub.add_parser("db", help="database schema"))
+    p.add_argument("action", choices=["upgrade", "status"])
+    p.set_defaults(func=cmd_db)
+
+    plans = sub.add_parser("plans", help="rating plans").add_subparsers(dest="action",
+                                                                        required=True)
+    p = with_json(plans.add_parser("create", help="create a rating plan"))
+    p.add_argument("name")
+    p.add_argument("--currency", required=True)
+    p.add_argument("--tz", default="UTC", help="time zone of the plan's time windows")
+    p.add_argument("--decimals", type=int, default=4, help="a call's total is rounded to this")
+    p.add_argument("--rounding", choices=["up", "half-up", "down"], default="up")
+    p.add_argument("--max-cost", type=_money, help="cap on the cost of one call")
+    p.set_defaults(func=cmd_plans)
+    p = with_json(plans.add_parser("list", help="list plans"))
+    p.set_defaults(func=cmd_plans)
+
+    rates = sub.add_parser("rates", help="rate decks and quotes").add_subparsers(
+        dest="action", required=True)
+    p = with_json(rates.add_parser("import", help="replace the rates of the deck's plans"))
+    p.add_argument("deck", type=Path)
+    p.add_argument("--format", choices=["ivr", "astpp"], default="ivr")
+    p.add_argument("--plan", help="plan name (needed for --format astpp)")
+    p.add_argument("--currency", help="create missing plans with this currency")
+    p.add_argument("--tz", default="UTC", help="time zone of plans created by --currency")
+    p.set_defaults(func=cmd_rates)
+    for name, helptext in (("quote", "price of a call"),
+                           ("max-seconds", "longest call a balance pays for")):
+        p = with_json(rates.add_parser(name, help=helptext))
+        p.add_argument("--plan", required=True)
+        p.add_argument("--number", required=True)
+        if name == "quote":
+            p.add_argument("--seconds", type=int, required=True)
+        else:
+            p.add_argument("--balance", type=_money, required=True)
+        p.add_argument("--at", type=_when, help="ISO 8601 time of the call (default now)")
+        p.add_argument("--service", default="voice")
+        p.set_defaults(func=cmd_rates)
+
+    accounts = sub.add_parser("accounts", help="accounts and their ledger").add_subparsers(
+        dest="action", required=True)
+    p = with_json(accounts.add_parser("create", help="create an account"))
+    p.add_argument("--plan", required=True)
+    p.add_argument("--balance", type=_money, default=Decimal(0))
+    p.add_argument("--name", default="")
+    p.add_argument("--number", help="account number (default: generated)")
+    p.set_defaults(func=cmd_accounts)
+    for name in ("show", "history"):
+        p = with_json(accounts.add_parser(name))
+        p.add_argument("account")
+        if name == "history":
+            p.add_argument("--limit", type=int, default=50)
+        p.set_defaults(func=cmd_accounts)
+    p = with_json(accounts.add_parser("credit", help="top up (or adjust) an account"))
+    p.add_argument("account")
+    p.add_argument("amount", type=_money)
+    p.add_argument("--kind", choices=["topup", "adjustment", "refund", "voucher"],
+                   default="topup")
+    p.add_argument("--ref", help="idempotency key: the same ref is applied once")
+    p.add_argument("--note", default="")
+    p.set_defaults(func=cmd_accounts)
+
+    cards = sub.add_parser("cards", help="calling cards").add_subparsers(dest="action",
+                                                                         required=True)
+    p = with_json(cards.add_parser("issue", help="issue a batch of cards"))
+    p.add_argument("--plan", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--balance", type=_money, default=Decimal(0))
+    p.add_argument("--out", required=True, help="CSV with numbers and PINs (mode 0600)")
+    p.add_argument("--account", help="add the cards to this existing (shared) account")
+    p.add_argument("--expires", type=_day, help="expiry date YYYY-MM-DD")
+    p.add_argument("--pin-length", type=int, default=4)
+    p.add_argument("--batch", help="batch label (default: generated)")
+    p.set_defaults(func=cmd_cards)
+    for name in ("show", "lock", "unlock"):
+        p = with_json(cards.add_parser(name))
+        p.add_argument("card")
+        p.set_defaults(func=cmd_cards)
+
+
+def run_admin(func: Any, settings: Settings, args: argparse.Namespace) -> int:
+    """Run an operator command; refusals become one clear line on stderr."""
+    from .accounts import NotFound
+    from .ledger import LedgerError
+    from .rates_store import PlanError
+    from .rating import DeckError, NoRate
+
+    try:
+        return int(func(settings, args) or 0)
+    except DeckError as exc:
+        print(f"ivr: {exc}\nnothing was imported; the previous rates are unchanged",
+              file=sys.stderr)
+    except (CommandError, NotFound, LedgerError, PlanError, NoRate, MoneyPrecisionError,
+            FileExistsError, ValueError) as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+    except (DatabaseUnavailable, SchemaOutOfDate) as exc:
+        print(f"ivr: {exc}", file=sys.stderr)
+    return EXIT_REFUSED

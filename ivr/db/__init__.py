@@ -1,0 +1,6 @@
+"""Database access: models, engine and transactions, migrations."""
+
+from .engine import Database, DatabaseUnavailable, lock_account
+from .types import Money, MoneyPrecisionError
+
+__all__ = ["Database", "DatabaseUnavailable", "Money", "MoneyPrecisionError", "lock_account"]

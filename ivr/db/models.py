@@ -1,0 +1,222 @@
+"""The database schema (SQLAlchemy 2.x). Migrations live in ivr/db/migrations.
+
+Money columns are :class:`~ivr.db.types.Money` (exact integer micro-units). An account's
+``balance`` is a cache of the sum of its ledger entries, updated in the same transaction
+as each entry; ``reserved`` is the sum of its live reservations.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    Boolean,
+    Date,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .types import Money
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    # Stored as plain strings (portable, readable in reports); checked in Python.
+    return Enum(cls, native_enum=False, length=16, validate_strings=True,
+                values_callable=lambda e: [m.value for m in e])
+
+
+class AccountStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+class CardStatus(enum.StrEnum):
+    ACTIVE = "active"
+    LOCKED = "locked"  # too many wrong PINs, or by an operator; unlock restores
+    EXPIRED = "expired"
+    BLOCKED = "blocked"  # permanently (lost, stolen, fraud)
+
+
+class EntryKind(enum.StrEnum):
+    TOPUP = "topup"
+    CALL = "call"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+    VOUCHER = "voucher"
+
+
+class ReservationStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SETTLED = "settled"
+    RELEASED = "released"
+
+
+class RatingPlan(Base):
+    __tablename__ = "rating_plans"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    tz: Mapped[str] = mapped_column(String(64), default="UTC")
+    decimals: Mapped[int] = mapped_column(Integer, default=4)
+    rounding: Mapped[str] = mapped_column(String(8), default="up")
+    max_cost: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    # Bumped by every rate import, so rating caches know to reload.
+    rates_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Rate(Base):
+    """One deck row (a step of a prefix's rate in a time window)."""
+
+    __tablename__ = "rates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("rating_plans.id", ondelete="CASCADE"))
+    prefix: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(128), default="")
+    connect_fee: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    rate: Mapped[Decimal] = mapped_column(Money)
+    rate_unit: Mapped[int] = mapped_column(Integer, default=60)
+    increment: Mapped[int] = mapped_column(Integer, default=1)
+    from_second: Mapped[int] = mapped_column(Integer, default=0)
+    days: Mapped[str] = mapped_column(String(32), default="*")
+    start: Mapped[str] = mapped_column(String(5), default="00:00")
+    end: Mapped[str] = mapped_column(String(5), default="24:00")
+    service: Mapped[str] = mapped_column(String(16), default="voice")
+
+    __table_args__ = (Index("ix_rates_plan_prefix", "plan_id", "prefix"),)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    currency: Mapped[str] = mapped_column(String(3))
+    plan_id: Mapped[int] = mapped_column(ForeignKey("rating_plans.id"))
+    status: Mapped[AccountStatus] = mapped_column(
+        _enum(AccountStatus), default=AccountStatus.ACTIVE
+    )
+    balance: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    reserved: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    plan: Mapped[RatingPlan] = relationship()
+    cards: Mapped[list[Card]] = relationship(back_populates="account")
+
+    @property
+    def available(self) -> Decimal:
+        return self.balance - self.reserved
+
+
+class Card(Base):
+    __tablename__ = "cards"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The calling-card number printed on the card (an identifier like a user name, with a
+    # Luhn check digit); the secret is the PIN, stored only as a salted scrypt hash.
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    pin_hash: Mapped[str] = mapped_column(String(255))
+    status: Mapped[CardStatus] = mapped_column(_enum(CardStatus), default=CardStatus.ACTIVE)
+    expires_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    batch: Mapped[str] = mapped_column(String(64), default="")
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    # Only the control card may recharge the shared account (seed 002).
+    is_control: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Caller ID registered for pinless log-in, E.164 digits.
+    callerid: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
+    failed_pins: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    account: Mapped[Account] = relationship(back_populates="cards")
+
+
+class LedgerEntry(Base):
+    """Append-only. The account's balance is the sum of its entries."""
+
+    __tablename__ = "ledger_entries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[EntryKind] = mapped_column(_enum(EntryKind))
+    amount: Mapped[Decimal] = mapped_column(Money)  # + credit, - debit
+    balance_after: Mapped[Decimal] = mapped_column(Money)
+    # Idempotency key within a kind: Asterisk uniqueid for calls, payment id for top-ups.
+    ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("kind", "ref", name="uq_ledger_entries_kind_ref"),)
+
+
+class Reservation(Base):
+    """Funds held for a live call, so that all calls together never spend more than
+    the balance."""
+
+    __tablename__ = "reservations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"), nullable=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("rating_plans.id"))
+    number: Mapped[str] = mapped_column(String(32))
+    prefix: Mapped[str] = mapped_column(String(32))
+    destination: Mapped[str] = mapped_column(String(128), default="")
+    service: Mapped[str] = mapped_column(String(16), default="voice")
+    seconds: Mapped[int] = mapped_column(Integer)  # granted
+    amount: Mapped[Decimal] = mapped_column(Money)  # held: the cost of `seconds`
+    status: Mapped[ReservationStatus] = mapped_column(
+        _enum(ReservationStatus), default=ReservationStatus.ACTIVE, index=True
+    )
+    rated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    uniqueid: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Cdr(Base):
+    __tablename__ = "cdrs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uniqueid: Mapped[str] = mapped_column(String(150), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"), nullable=True)
+    reservation_id: Mapped[int | None] = mapped_column(ForeignKey("reservations.id"))
+    caller: Mapped[str] = mapped_column(String(32), default="")
+    destination: Mapped[str] = mapped_column(String(32))
+    destination_name: Mapped[str] = mapped_column(String(128), default="")
+    prefix: Mapped[str] = mapped_column(String(32), default="")
+    plan: Mapped[str] = mapped_column(String(64))
+    service: Mapped[str] = mapped_column(String(16), default="voice")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    billable_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    currency: Mapped[str] = mapped_column(String(3))
+    hangup_cause: Mapped[str] = mapped_column(String(32), default="")

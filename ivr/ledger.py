@@ -1,0 +1,380 @@
+"""Money movements: credits, and the reservations that make live calls safe.
+
+Every balance change is a :class:`~ivr.db.models.LedgerEntry` written in the same
+transaction as the account's cached balance. A live call holds a reservation of the cost
+of the seconds it was granted, so all calls on an account together can never spend more
+than its balance (zero overdraft): :meth:`Ledger.authorize` grants only what the balance
+less the other calls' reservations buys.
+
+Each method is one transaction with the account row locked (SELECT ... FOR UPDATE on
+PostgreSQL; SQLite transactions take the write lock at BEGIN). The methods are blocking;
+call flows run them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .db import Database, lock_account
+from .db.models import (
+    Account,
+    AccountStatus,
+    Card,
+    CardStatus,
+    Cdr,
+    EntryKind,
+    LedgerEntry,
+    Reservation,
+    ReservationStatus,
+)
+from .db.types import to_micros
+from .rates_store import RatingCache
+from .rating import MAX_CALL_SECONDS, NoRate, max_seconds, quote
+
+log = logging.getLogger("ivr.ledger")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class LedgerError(ValueError):
+    """A money operation was refused; nothing was written."""
+
+
+class Refusal(enum.StrEnum):
+    NO_RATE = "no_rate"  # destination not in the plan
+    INSUFFICIENT_FUNDS = "insufficient_funds"  # not even the first block fits
+    ACCOUNT_INACTIVE = "account_inactive"
+    CARD_INACTIVE = "card_inactive"  # locked, blocked or expired
+
+
+@dataclass(frozen=True)
+class Grant:
+    reservation_id: int
+    account_id: int
+    seconds: int  # the call may last this long from answer
+    amount: Decimal  # held for it
+    prefix: str
+    destination: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class Settlement:
+    reservation_id: int
+    cdr_id: int
+    seconds: int  # charged (billable, capped at the grant)
+    cost: Decimal
+    balance: Decimal  # after the charge
+    duplicate: bool  # this uniqueid had already been settled: nothing charged now
+
+
+def credit(
+    session: Session,
+    account_id: int,
+    amount: Decimal,
+    kind: EntryKind,
+    *,
+    ref: str | None = None,
+    note: str = "",
+    now: datetime | None = None,
+) -> tuple[LedgerEntry, bool]:
+    """Add (or, for adjustments, remove) money. Idempotent per (kind, ref): a repeated
+    ref returns the first entry and False."""
+    if not isinstance(amount, Decimal):
+        raise TypeError("amounts are Decimal, never float")
+    to_micros(amount)  # MoneyPrecisionError now, not at flush time
+    if kind is EntryKind.CALL:
+        raise LedgerError("call charges are written by settle()")
+    if amount == 0 or (amount < 0 and kind is not EntryKind.ADJUSTMENT):
+        raise LedgerError(f"a {kind.value} must be a positive amount, not {amount}")
+    account = lock_account(session, account_id)
+    if ref is not None:
+        existing = session.scalar(
+            select(LedgerEntry).where(LedgerEntry.kind == kind, LedgerEntry.ref == ref)
+        )
+        if existing is not None:
+            if existing.account_id != account_id or existing.amount != amount:
+                raise LedgerError(f"{kind.value} {ref!r} was already used for another credit")
+            return existing, False
+    new_balance = account.balance + amount
+    if new_balance < account.reserved:
+        raise LedgerError(
+            f"adjustment of {amount} would leave {new_balance}, below the {account.reserved} "
+            "held for live calls"
+        )
+    account.balance = new_balance
+    entry = LedgerEntry(
+        account_id=account_id,
+        kind=kind,
+        amount=amount,
+        balance_after=new_balance,
+        ref=ref,
+        note=note,
+        created_at=now or utcnow(),
+    )
+    session.add(entry)
+    session.flush()
+    return entry, True
+
+
+def ledger_sum(session: Session, account_id: int) -> Decimal:
+    amounts = session.scalars(
+        select(LedgerEntry.amount).where(LedgerEntry.account_id == account_id)
+    )
+    return sum(amounts, Decimal(0))
+
+
+class Ledger:
+    def __init__(self, db: Database, rates: RatingCache | None = None, clock: Clock = utcnow):
+        self.db = db
+        self.rates = rates or RatingCache(db)
+        self.clock = clock
+
+    # ------------------------------------------------------------------ authorize
+
+    def authorize(
+        self,
+        number: str,
+        *,
+        account_id: int | None = None,
+        card_id: int | None = None,
+        at: datetime | None = None,
+        service: str = "voice",
+        limit: int = MAX_CALL_SECONDS,
+    ) -> Grant | Refusal:
+        """Reserve what the available balance buys for a call to ``number``."""
+        at = at or self.clock()
+        with self.db.transaction() as s:
+            if card_id is not None:
+                card = s.get(Card, card_id)
+                if card is None:
+                    raise LedgerError(f"no card {card_id}")
+                if not card_usable(card, at.date()):
+                    return Refusal.CARD_INACTIVE
+                account_id = card.account_id
+            if account_id is None:
+                raise LedgerError("authorize needs a card or an account")
+            account = lock_account(s, account_id)
+            if account.status is not AccountStatus.ACTIVE:
+                return Refusal.ACCOUNT_INACTIVE
+            rates = self.rates.get(account.plan_id, s)
+            available = account.balance - account.reserved
+            try:
+                seconds = max_seconds(
+                    rates.table, rates.plan, number, available, at, service, limit=limit
+                )
+            except NoRate:
+                return Refusal.NO_RATE
+            if seconds <= 0:
+                return Refusal.INSUFFICIENT_FUNDS
+            q = quote(rates.table, rates.plan, number, seconds, at, service)
+            reservation = Reservation(
+                account_id=account.id,
+                card_id=card_id,
+                plan_id=account.plan_id,
+                number=number,
+                prefix=q.prefix,
+                destination=q.destination,
+                service=service,
+                seconds=seconds,
+                amount=q.cost,
+                status=ReservationStatus.ACTIVE,
+                rated_at=at,
+                created_at=self.clock(),
+            )
+            s.add(reservation)
+            account.reserved += q.cost
+            s.flush()
+            return Grant(
+                reservation.id, account.id, seconds, q.cost, q.prefix, q.destination, q.currency
+            )
+
+    # ------------------------------------------------------------------ extend
+
+    def extend(self, reservation_id: int, *, limit: int = MAX_CALL_SECONDS) -> Grant:
+        """Re-grant a live call from the account's balance now (after a top-up): the call
+        may then last as long as the balance less the other calls' holds buys."""
+        with self.db.transaction() as s:
+            res, account = self._lock_reservation(s, reservation_id)
+            if res.status is not ReservationStatus.ACTIVE:
+                raise LedgerError(f"reservation {reservation_id} is {res.status.value}")
+            rates = self.rates.get(res.plan_id, s)
+            budget = account.balance - account.reserved + res.amount
+            rated_at = _aware(res.rated_at)
+            seconds = max_seconds(
+                rates.table, rates.plan, res.number, budget, rated_at, res.service, limit=limit
+            )
+            seconds = max(seconds, 0)
+            amount = (
+                quote(rates.table, rates.plan, res.number, seconds, rated_at, res.service).cost
+                if seconds
+                else Decimal(0)
+            )
+            account.reserved += amount - res.amount
+            res.seconds, res.amount = seconds, amount
+            return Grant(res.id, account.id, seconds, amount, res.prefix, res.destination,
+                         account.currency)
+
+    # ------------------------------------------------------------------ settle
+
+    def settle(
+        self,
+        reservation_id: int,
+        billable_seconds: int,
+        *,
+        uniqueid: str,
+        caller: str = "",
+        started_at: datetime | None = None,
+        answered_at: datetime | None = None,
+        ended_at: datetime | None = None,
+        hangup_cause: str = "",
+    ) -> Settlement:
+        """Charge a finished call exactly once per Asterisk ``uniqueid``.
+
+        Billable seconds beyond the grant are not charged: Asterisk enforces the grant, so
+        more can only be clock skew, and charging it could overdraw the account.
+        """
+        if billable_seconds < 0:
+            raise LedgerError("billable seconds cannot be negative")
+        with self.db.transaction() as s:
+            res, account = self._lock_reservation(s, reservation_id)
+            done = self._already_settled(s, res, uniqueid, account)
+            if done is not None:
+                return done
+            if res.status is not ReservationStatus.ACTIVE:
+                raise LedgerError(f"reservation {reservation_id} is {res.status.value}")
+            seconds = min(billable_seconds, res.seconds)
+            rated_at = _aware(answered_at or res.rated_at)
+            cost = Decimal(0)
+            if seconds > 0:
+                rates = self.rates.get(res.plan_id, s)
+                cost = quote(rates.table, rates.plan, res.number, seconds, rated_at,
+                             res.service).cost
+            # The hold covers the grant at the authorize time; if the answer fell in a
+            # dearer window, the rest comes from free balance, never below zero.
+            ceiling = account.balance - (account.reserved - res.amount)
+            if cost > ceiling:
+                log.warning("call %s cost %s capped at %s (balance)", uniqueid, cost, ceiling)
+                cost = max(ceiling, Decimal(0))
+            now = self.clock()
+            account.reserved -= res.amount
+            if cost:
+                account.balance -= cost
+                s.add(LedgerEntry(
+                    account_id=account.id,
+                    kind=EntryKind.CALL,
+                    amount=-cost,
+                    balance_after=account.balance,
+                    ref=uniqueid,
+                    note=f"{res.number} {seconds}s",
+                    created_at=now,
+                ))
+            res.status = ReservationStatus.SETTLED
+            res.uniqueid = uniqueid
+            res.closed_at = now
+            cdr = self._cdr(s, res, account, uniqueid, caller, started_at, answered_at, ended_at,
+                            seconds, cost, hangup_cause)
+            s.add(cdr)
+            s.flush()
+            return Settlement(res.id, cdr.id, seconds, cost, account.balance, False)
+
+    # ------------------------------------------------------------------ release
+
+    def release(
+        self,
+        reservation_id: int,
+        *,
+        uniqueid: str | None = None,
+        caller: str = "",
+        started_at: datetime | None = None,
+        hangup_cause: str = "",
+    ) -> None:
+        """Free the hold of a call that was never answered. Writes a zero-cost CDR when a
+        uniqueid is given. Releasing twice is harmless."""
+        with self.db.transaction() as s:
+            res, account = self._lock_reservation(s, reservation_id)
+            if res.status is not ReservationStatus.ACTIVE:
+                return
+            account.reserved -= res.amount
+            res.status = ReservationStatus.RELEASED
+            res.closed_at = self.clock()
+            if uniqueid is not None:
+                res.uniqueid = uniqueid
+                if s.scalar(select(Cdr.id).where(Cdr.uniqueid == uniqueid)) is None:
+                    s.add(self._cdr(s, res, account, uniqueid, caller, started_at, None, None, 0,
+                                    Decimal(0), hangup_cause))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _lock_reservation(self, s: Session, reservation_id: int) -> tuple[Reservation, Account]:
+        account_id = s.scalar(
+            select(Reservation.account_id).where(Reservation.id == reservation_id)
+        )
+        if account_id is None:
+            raise LedgerError(f"no reservation {reservation_id}")
+        account = lock_account(s, account_id)  # lock order: account, then reservation
+        res = s.execute(
+            select(Reservation)
+            .where(Reservation.id == reservation_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).scalar_one()
+        return res, account
+
+    def _already_settled(
+        self, s: Session, res: Reservation, uniqueid: str, account: Account
+    ) -> Settlement | None:
+        cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == uniqueid))
+        if cdr is None and res.status is ReservationStatus.SETTLED and res.uniqueid:
+            cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == res.uniqueid))
+        if cdr is None:
+            return None
+        return Settlement(res.id, cdr.id, cdr.billable_seconds, cdr.cost, account.balance, True)
+
+    def _cdr(
+        self, s: Session, res: Reservation, account: Account, uniqueid: str, caller: str,
+        started_at: datetime | None, answered_at: datetime | None, ended_at: datetime | None,
+        seconds: int, cost: Decimal, cause: str,
+    ) -> Cdr:
+        return Cdr(
+            uniqueid=uniqueid,
+            account_id=account.id,
+            card_id=res.card_id,
+            reservation_id=res.id,
+            caller=caller,
+            destination=res.number,
+            destination_name=res.destination,
+            prefix=res.prefix,
+            plan=self.rates.get(res.plan_id, s).plan.name,
+            service=res.service,
+            started_at=started_at or res.created_at,
+            answered_at=answered_at,
+            ended_at=ended_at or self.clock(),
+            billable_seconds=seconds,
+            cost=cost,
+            currency=account.currency,
+            hangup_cause=cause,
+        )
+
+
+def card_usable(card: Card, today: date) -> bool:
+    if card.status is not CardStatus.ACTIVE:
+        return False
+    return card.expires_on is None or card.expires_on >= today
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

@@ -1,0 +1,85 @@
+"""Card numbers, PINs and codes: generated from a CSPRNG, checked with Luhn, PINs hashed.
+
+PINs are stored only as salted scrypt hashes in the form
+``scrypt$<log2 n>$<r>$<p>$<salt hex>$<hash hex>``, so the cost can be raised later
+without breaking old hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+SCRYPT_LOG2_N = 14  # 16384: ~16 MiB and tens of ms per hash
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+
+def luhn_check_digit(payload: str) -> str:
+    """The digit that makes ``payload + digit`` pass the Luhn check."""
+    if not payload.isdigit():
+        raise ValueError("Luhn payload must be digits")
+    total = 0
+    for i, ch in enumerate(reversed(payload)):
+        d = int(ch)
+        if i % 2 == 0:  # these positions are doubled once the check digit is appended
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def luhn_valid(number: str) -> bool:
+    return len(number) >= 2 and number.isdigit() and luhn_check_digit(number[:-1]) == number[-1]
+
+
+def random_digits(length: int) -> str:
+    return "".join(secrets.choice("0123456789") for _ in range(length))
+
+
+def new_card_number(length: int = 12, prefix: str = "") -> str:
+    """A card number of ``length`` digits: prefix, random digits, Luhn check digit."""
+    body = length - 1 - len(prefix)
+    if body < 6:
+        raise ValueError("card number too short for its prefix")
+    return with_check_digit(prefix + random_digits(body))
+
+
+def with_check_digit(payload: str) -> str:
+    return payload + luhn_check_digit(payload)
+
+
+def new_pin(length: int = 4) -> str:
+    return random_digits(length)
+
+
+def hash_pin(pin: str, *, log2_n: int = SCRYPT_LOG2_N) -> str:
+    if not pin.isdigit():
+        raise ValueError("a PIN is digits")
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        pin.encode(), salt=salt, n=1 << log2_n, r=SCRYPT_R, p=SCRYPT_P, maxmem=64 << 20, dklen=32
+    )
+    return f"scrypt${log2_n}${SCRYPT_R}${SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_pin(pin: str, stored: str) -> bool:
+    """Constant-time check of a typed PIN against a stored hash."""
+    try:
+        scheme, log2_n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        computed = hashlib.scrypt(
+            pin.encode(),
+            salt=bytes.fromhex(salt),
+            n=1 << int(log2_n),
+            r=int(r),
+            p=int(p),
+            maxmem=64 << 20,
+            dklen=len(digest) // 2,
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(computed.hex(), digest)

@@ -1,0 +1,114 @@
+"""The operator commands as a user types them (in process, on a fresh SQLite file)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ivr.cli import main
+
+ASTPP = (Path(__file__).resolve().parents[2].parent
+         / "shared/data/ratedecks/astpp_outbound_routes_AZ.csv")
+DECK = """\
+plan,prefix,destination,connect_fee,rate,rate_unit,increment,from_second,days,start,end,service
+retail,1,USA,0,0.06,60,6,0,*,,,voice
+retail,44,UK,0.10,0.60,60,60,0,,,,
+retail,*,Anywhere,0,1.20,60,60,0,,,,
+"""
+
+
+@pytest.fixture
+def ivr(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IVR_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    monkeypatch.chdir(tmp_path)
+
+    def run(*args: str, expect: int = 0) -> str:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert code == expect, (args, out, err)
+        return out if expect == 0 else err
+
+    return run
+
+
+def test_plan_deck_quote_and_max_seconds(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "usd", "--decimals", "2")
+    (tmp_path / "deck.csv").write_text(DECK)
+    assert "3 rates imported" in ivr("rates", "import", "deck.csv")
+    q = json.loads(ivr("rates", "quote", "--plan", "retail", "--number", "15551234567",
+                       "--seconds", "125", "--json"))
+    assert (q["cost"], q["prefix"], q["destination"], q["charged_seconds"]) == (
+        "0.13", "1", "USA", 126)
+    m = json.loads(ivr("rates", "max-seconds", "--plan", "retail", "--number", "15551234567",
+                       "--balance", "1", "--json"))
+    assert m["max_seconds"] == 996
+    # The first UK block (0.10 + 0.60) does not fit 0.50: refused, 0.
+    text = ivr("rates", "max-seconds", "--plan", "retail", "--number", "447700900123",
+               "--balance", "0.50")
+    assert text.startswith("0s") and "refused" in text
+    q = json.loads(ivr("rates", "quote", "--plan", "retail", "--number", "8613800138000",
+                       "--seconds", "61", "--json"))
+    assert (q["prefix"], q["cost"]) == ("*", "2.40")
+
+
+def test_bad_deck_is_refused_with_line_numbers_and_changes_nothing(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "USD")
+    (tmp_path / "deck.csv").write_text(DECK)
+    ivr("rates", "import", "deck.csv")
+    (tmp_path / "bad.csv").write_text(DECK + "retail,33,France,x,0.1,60,1,0,,,,\n"
+                                      "retail,34,Spain,0,0.1,60,1,0,funday,,,\n")
+    err = ivr("rates", "import", "bad.csv", expect=1)
+    assert "line 5" in err and "line 6" in err and "previous rates are unchanged" in err
+    plans = json.loads(ivr("plans", "list", "--json"))["plans"]
+    assert plans[0]["rates"] == 3 and plans[0]["rates_version"] == 1
+
+
+def test_accounts_and_cards(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700100", "--balance", "5")
+    out = ivr("accounts", "credit", "700100", "2.50", "--ref", "pay-9", "--json")
+    assert json.loads(out)["balance"] == "7.50"
+    again = json.loads(ivr("accounts", "credit", "700100", "2.50", "--ref", "pay-9", "--json"))
+    assert again["applied"] is False and again["balance"] == "7.50"
+    hist = json.loads(ivr("accounts", "history", "700100", "--json"))
+    assert [e["kind"] for e in hist["entries"]] == ["topup", "topup"]
+
+    ivr("cards", "issue", "--plan", "retail", "--count", "3", "--balance", "2",
+        "--out", "cards.csv")
+    path = tmp_path / "cards.csv"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    rows = list(csv.DictReader(path.open()))
+    assert len(rows) == 3 and all(len(r["pin"]) == 4 for r in rows)
+    shared = ivr("cards", "issue", "--plan", "retail", "--count", "2", "--account", "700100",
+                 "--out", "shared.csv")
+    assert "2 card(s)" in shared
+    show = json.loads(ivr("accounts", "show", "700100", "--json"))
+    assert len(show["cards"]) == 2 and all("pin" not in c for c in show["cards"])
+    number = rows[0]["card_number"]
+    assert json.loads(ivr("cards", "lock", number, "--json"))["status"] == "locked"
+    assert json.loads(ivr("cards", "unlock", number, "--json"))["status"] == "active"
+    card = json.loads(ivr("cards", "show", number, "--json"))
+    assert card["balance"] == "2.00"
+    # The database never holds a PIN in clear.
+    db = (tmp_path / "cli.sqlite3").read_bytes()
+    assert all(f",{r['pin']}".encode() not in db for r in rows)
+    # Refusals are one clear line.
+    assert "exists" in ivr("cards", "issue", "--plan", "retail", "--count", "1",
+                           "--out", "cards.csv", expect=1)
+    assert "no account 999" in ivr("accounts", "show", "999", expect=1)
+
+
+def test_astpp_deck_import(ivr):
+    assert ASTPP.exists(), f"the shared ASTPP deck is missing: {ASTPP}"
+    out = ivr("rates", "import", str(ASTPP), "--format", "astpp", "--plan", "astpp",
+              "--currency", "USD", "--json")
+    assert json.loads(out)["plans"] == {"astpp": 36205}
+    q = json.loads(ivr("rates", "quote", "--plan", "astpp", "--number", "93751234567",
+                       "--seconds", "60", "--json"))
+    assert (q["prefix"], q["destination"], q["cost"]) == ("9375", "Afghanistan Cellular-AT",
+                                                          "0.2204")

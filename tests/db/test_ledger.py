@@ -1,0 +1,315 @@
+"""The ledger and reservations on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from ivr.accounts import check_pin, create_account, issue_cards
+from ivr.db import Database, MoneyPrecisionError
+from ivr.db.migrate import current_revision, head_revision
+from ivr.db.models import (
+    Account,
+    Card,
+    CardStatus,
+    Cdr,
+    EntryKind,
+    LedgerEntry,
+    Rate,
+    RatingPlan,
+    Reservation,
+    ReservationStatus,
+)
+from ivr.ledger import Grant, Ledger, LedgerError, Refusal, credit, ledger_sum
+from ivr.rates_store import RatingCache, create_plan, import_rows
+from ivr.rating import DeckError, parse_deck
+
+DECK = """\
+plan,prefix,destination,connect_fee,rate,rate_unit,increment,from_second,days,start,end,service
+retail,1,USA,0,0.06,60,6,0,*,,,voice
+retail,44,UK,0.10,0.60,60,60,0,,,,
+retail,4420,London,0,0.30,60,1,0,,,,
+"""
+AT = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)  # a Wednesday
+US = "15551234567"
+
+
+def setup_plan(db: Database, deck: str = DECK) -> None:
+    with db.transaction() as s:
+        create_plan(s, "retail", "USD", decimals=2, rounding="up")
+        import_rows(s, parse_deck(deck))
+
+
+def new_account(db: Database, balance: str) -> int:
+    with db.transaction() as s:
+        return create_account(s, "retail", balance=Decimal(balance)).id
+
+
+def account_state(db: Database, account_id: int) -> tuple[Decimal, Decimal, Decimal]:
+    with db.transaction() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        return account.balance, account.reserved, ledger_sum(s, account_id)
+
+
+def test_schema_is_at_head(db: Database):
+    assert current_revision(db.engine) == head_revision()
+
+
+def test_money_is_exact(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "0")
+    with db.transaction() as s:
+        for i in range(10):
+            credit(s, account_id, Decimal("0.1"), EntryKind.TOPUP, ref=f"p{i}")
+        credit(s, account_id, Decimal("0.000001"), EntryKind.ADJUSTMENT)
+    balance, reserved, total = account_state(db, account_id)
+    assert balance == Decimal("1.000001") == total
+    assert reserved == 0
+    with pytest.raises(MoneyPrecisionError), db.transaction() as s:
+        credit(s, account_id, Decimal("0.0000001"), EntryKind.TOPUP)
+    with pytest.raises(TypeError), db.transaction() as s:
+        credit(s, account_id, 0.5, EntryKind.TOPUP)  # type: ignore[arg-type]
+    assert account_state(db, account_id)[0] == Decimal("1.000001")
+
+
+def test_credit_is_idempotent_per_ref(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "0")
+    with db.transaction() as s:
+        _, first = credit(s, account_id, Decimal("5"), EntryKind.TOPUP, ref="pay-1")
+        _, again = credit(s, account_id, Decimal("5"), EntryKind.TOPUP, ref="pay-1")
+    assert (first, again) == (True, False)
+    with pytest.raises(LedgerError, match="already used"), db.transaction() as s:
+        credit(s, account_id, Decimal("7"), EntryKind.TOPUP, ref="pay-1")
+    assert account_state(db, account_id)[0] == Decimal("5")
+
+
+def test_authorize_then_settle_charges_exactly(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "1.00")
+    ledger = Ledger(db)
+    grant = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(grant, Grant)
+    # 6 s increments at 0.001/s: 996 s cost 0.996 -> 1.00 rounded up; 997 s would be 1.01.
+    assert grant.seconds == 996 and grant.amount == Decimal("1.00")
+    assert (grant.prefix, grant.destination) == ("1", "USA")
+    assert account_state(db, account_id)[1] == Decimal("1.00")  # held
+    done = ledger.settle(grant.reservation_id, 125, uniqueid="1700000000.1", caller="15550001",
+                         answered_at=AT, ended_at=AT + timedelta(seconds=125),
+                         hangup_cause="NORMAL_CLEARING")
+    # 125 s -> 21 increments of 6 s = 126 s -> 0.126 -> 0.13 (rounded up once, per call).
+    assert done.cost == Decimal("0.13") and done.seconds == 125 and not done.duplicate
+    balance, reserved, total = account_state(db, account_id)
+    assert balance == Decimal("0.87") == total and reserved == 0
+    with db.transaction() as s:
+        cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == "1700000000.1"))
+        assert cdr is not None
+        assert (cdr.destination, cdr.prefix, cdr.plan, cdr.billable_seconds, cdr.cost) == (
+            US, "1", "retail", 125, Decimal("0.13"))
+        assert cdr.hangup_cause == "NORMAL_CLEARING" and cdr.caller == "15550001"
+
+
+def test_settle_is_idempotent_per_uniqueid(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "1.00")
+    ledger = Ledger(db)
+    grant = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(grant, Grant)
+    first = ledger.settle(grant.reservation_id, 60, uniqueid="u-1")
+    again = ledger.settle(grant.reservation_id, 60, uniqueid="u-1")
+    assert again.duplicate and again.cost == first.cost == Decimal("0.06")
+    assert account_state(db, account_id)[0] == Decimal("0.94")
+    with db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(LedgerEntry)
+                        .where(LedgerEntry.kind == EntryKind.CALL)) == 1
+
+
+def test_billable_beyond_the_grant_is_not_charged(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "0.50")
+    ledger = Ledger(db)
+    grant = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(grant, Grant)
+    done = ledger.settle(grant.reservation_id, grant.seconds + 3, uniqueid="u-2")
+    assert done.seconds == grant.seconds
+    balance, reserved, total = account_state(db, account_id)
+    assert balance >= 0 and balance == total and reserved == 0
+
+
+def test_release_costs_nothing_and_writes_a_cdr(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "1.00")
+    ledger = Ledger(db)
+    grant = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(grant, Grant)
+    ledger.release(grant.reservation_id, uniqueid="u-busy", hangup_cause="BUSY")
+    ledger.release(grant.reservation_id, uniqueid="u-busy", hangup_cause="BUSY")
+    assert account_state(db, account_id) == (Decimal("1.00"), Decimal(0), Decimal("1.00"))
+    with db.transaction() as s:
+        cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == "u-busy"))
+        assert cdr is not None and cdr.cost == 0 and cdr.hangup_cause == "BUSY"
+        res = s.get(Reservation, grant.reservation_id)
+        assert res is not None and res.status is ReservationStatus.RELEASED
+
+
+def test_refusals(db: Database):
+    setup_plan(db)
+    ledger = Ledger(db)
+    rich = new_account(db, "10")
+    poor = new_account(db, "0.05")
+    assert ledger.authorize("999123", account_id=rich, at=AT) is Refusal.NO_RATE
+    # UK: connect fee 0.10 plus a first block of 60 s at 0.60 does not fit 0.05.
+    assert ledger.authorize("447700900123", account_id=poor, at=AT) is Refusal.INSUFFICIENT_FUNDS
+    assert account_state(db, poor) == (Decimal("0.05"), Decimal(0), Decimal("0.05"))
+
+
+def test_card_status_and_expiry_refuse(db: Database, tmp_path):
+    setup_plan(db)
+    cards = issue_cards(db, "retail", 2, Decimal("5"), tmp_path / "cards.csv",
+                        expires_on=date(2026, 11, 17))
+    ledger = Ledger(db)
+    with db.transaction() as s:
+        expired = s.scalar(select(Card).where(Card.number == cards[0].number))
+        locked = s.scalar(select(Card).where(Card.number == cards[1].number))
+        assert expired is not None and locked is not None
+        locked.status = CardStatus.LOCKED
+        ids = expired.id, locked.id
+    for card_id in ids:
+        assert ledger.authorize(US, card_id=card_id, at=AT) is Refusal.CARD_INACTIVE
+
+
+def test_one_balance_two_calls(db: Database):
+    """The first call holds what the balance buys; a second gets only what is left."""
+    setup_plan(db)
+    account_id = new_account(db, "1.00")
+    ledger = Ledger(db)
+    first = ledger.authorize(US, account_id=account_id, at=AT, limit=300)
+    assert isinstance(first, Grant) and first.seconds == 300 and first.amount == Decimal("0.30")
+    second = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(second, Grant) and second.amount == Decimal("0.70")
+    assert ledger.authorize(US, account_id=account_id, at=AT) is Refusal.INSUFFICIENT_FUNDS
+    ledger.settle(first.reservation_id, 100, uniqueid="a")  # 102 s -> 0.102 -> 0.11
+    third = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(third, Grant) and third.amount == Decimal("0.19")
+
+
+def test_extend_after_a_top_up(db: Database):
+    setup_plan(db)
+    account_id = new_account(db, "0.10")
+    ledger = Ledger(db)
+    grant = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(grant, Grant) and grant.seconds == 96  # 0.096 -> 0.10
+    with db.transaction() as s:
+        credit(s, account_id, Decimal("1.00"), EntryKind.TOPUP, ref="mid-call")
+    longer = ledger.extend(grant.reservation_id)
+    assert longer.seconds == 1098 and longer.amount == Decimal("1.10")
+    assert account_state(db, account_id)[1] == Decimal("1.10")
+    ledger.settle(grant.reservation_id, 200, uniqueid="x")  # 204 s -> 0.204 -> 0.21
+    assert account_state(db, account_id) == (Decimal("0.89"), Decimal(0), Decimal("0.89"))
+
+
+def test_deck_import_is_one_transaction(db: Database):
+    setup_plan(db)
+    with db.transaction() as s:
+        version = s.scalar(select(RatingPlan.rates_version))
+    bad = DECK + "retail,33,France,0,-1,60,1,0,,,,\nretail,34,Spain,0,0.1,60,0,0,,,,\n"
+    with pytest.raises(DeckError) as info:
+        parse_deck(bad)
+    assert [line for line, _ in info.value.problems] == [5, 6]
+    # A deck naming a plan that does not exist is refused as a whole, too.
+    with pytest.raises(Exception, match="no plan named 'wholesale'"), db.transaction() as s:
+        import_rows(s, parse_deck(DECK.replace("retail,44", "wholesale,44")))
+    with db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Rate)) == 3
+        assert s.scalar(select(RatingPlan.rates_version)) == version
+
+
+def test_rating_cache_follows_imports(db: Database):
+    setup_plan(db)
+    cache = RatingCache(db, ttl=0)
+    with db.transaction() as s:
+        plan_id = s.scalar(select(RatingPlan.id))
+    assert plan_id is not None
+    before = cache.get(plan_id)
+    assert cache.get(plan_id) is before  # unchanged version: same table
+    with db.transaction() as s:
+        import_rows(s, parse_deck(DECK.replace("0.06,60,6", "0.12,60,6")))
+    after = cache.get(plan_id)
+    assert after.version == before.version + 1
+    ledger = Ledger(db, cache)
+    account_id = new_account(db, "1.00")
+    grant = ledger.authorize(US, account_id=account_id, at=AT)
+    assert isinstance(grant, Grant) and grant.seconds == 498
+
+
+def test_pin_failures_lock_the_card(db: Database, tmp_path):
+    setup_plan(db)
+    (card,) = issue_cards(db, "retail", 1, Decimal("1"), tmp_path / "c.csv")
+    wrong = "0000" if card.pin != "0000" else "1111"
+    with db.transaction() as s:
+        row = s.scalar(select(Card).where(Card.number == card.number))
+        assert row is not None
+        assert not check_pin(s, row, wrong, max_failures=3)
+        assert check_pin(s, row, card.pin, max_failures=3)  # success resets the count
+        assert row.failed_pins == 0
+        for _ in range(3):
+            assert not check_pin(s, row, wrong, max_failures=3)
+        assert row.status is CardStatus.LOCKED
+        assert card.pin not in row.pin_hash
+
+
+def test_concurrent_calls_on_one_shared_account_never_overdraw(db: Database, tmp_path):
+    """50 authorize/settle cycles at once on an account funded for about 10 calls."""
+    setup_plan(db)
+    account_id = new_account(db, "0.60")  # ten one-minute calls at 0.06
+    issue_cards(db, "retail", 5, Decimal(0), tmp_path / "shared.csv",
+                account=_account_number(db, account_id))
+    ledger = Ledger(db)
+    rng = random.Random(7)
+    plans = [(rng.choice([0, 30, 60, 90]), rng.random() < 0.2) for _ in range(50)]
+    barrier = threading.Barrier(25)
+
+    def cycle(i: int) -> tuple[str, int]:
+        seconds, unanswered = plans[i]
+        if i < 25:
+            barrier.wait()
+        grant = ledger.authorize(US, account_id=account_id, at=AT, limit=60)
+        if not isinstance(grant, Grant):
+            return grant.value, 0
+        if unanswered or seconds == 0:
+            ledger.release(grant.reservation_id, uniqueid=f"c{i}")
+            return "released", 0
+        done = ledger.settle(grant.reservation_id, seconds, uniqueid=f"c{i}")
+        assert done.seconds <= grant.seconds
+        return "settled", done.seconds
+
+    with ThreadPoolExecutor(max_workers=25) as pool:
+        outcomes = list(pool.map(cycle, range(50)))
+    balance, reserved, total = account_state(db, account_id)
+    assert balance >= 0 and reserved == 0
+    assert balance == total  # the cached balance is the ledger's sum
+    with db.transaction() as s:
+        afters = s.scalars(select(LedgerEntry.balance_after)
+                           .where(LedgerEntry.account_id == account_id)).all()
+        assert min(afters) >= 0  # never below zero at any step
+        charged = -sum(s.scalars(select(LedgerEntry.amount).where(
+            LedgerEntry.account_id == account_id, LedgerEntry.kind == EntryKind.CALL)).all())
+        assert s.scalar(select(func.count()).select_from(Reservation)
+                        .where(Reservation.status == ReservationStatus.ACTIVE)) == 0
+    assert charged == Decimal("0.60") - balance
+    kinds = {kind for kind, _ in outcomes}
+    assert "settled" in kinds and "insufficient_funds" in kinds  # the limit was reached
+
+
+def _account_number(db: Database, account_id: int) -> str:
+    with db.transaction() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        return account.number
