@@ -180,17 +180,17 @@ class AsteriskInstance:
                 )
         self.wait_for_ami(timeout)
 
+    def check_ami(self) -> None:
+        """Log in to this instance's AMI with the configured user and secret."""
+        s = self.settings
+        ami_login_check(s.ami_host, s.ami_port, s.ami_user, s.ami_secret)
+
     def wait_for_ami(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
             try:
-                ami_login_check(
-                    self.settings.ami_host,
-                    self.settings.ami_port,
-                    self.settings.ami_user,
-                    self.settings.ami_secret,
-                )
+                self.check_ami()
                 if self._fully_booted():
                     return
                 last = "Asterisk not fully booted"
@@ -239,12 +239,7 @@ class AsteriskInstance:
         }
         if pid is not None:
             try:
-                ami_login_check(
-                    self.settings.ami_host,
-                    self.settings.ami_port,
-                    self.settings.ami_user,
-                    self.settings.ami_secret,
-                )
+                self.check_ami()
                 info["ami_answers"] = True
             except (OSError, AsteriskSetupError) as exc:
                 info["ami_answers"] = False
