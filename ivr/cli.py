@@ -28,9 +28,11 @@ def _setup_logging(settings: Settings, verbose: bool) -> None:
 
 async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None) -> int:
     """Run the FastAGI server until SIGTERM/SIGINT, then shut down gracefully."""
+    from . import runtime
     from .agi import AgiServer
     from .flows import ROUTES
 
+    runtime.set_settings(settings)  # routes read the process settings from here
     server = AgiServer(
         ROUTES,
         settings.agi_host,
@@ -167,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_admin import add_commands
 
     add_commands(sub)
+    from .cli_prompts import add_commands as add_prompt_commands
+
+    add_prompt_commands(sub)
     return parser
 
 

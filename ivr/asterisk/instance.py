@@ -82,6 +82,14 @@ class AsteriskInstance:
     def sounds_dir(self) -> Path:
         return self.host(f"{self.install.data_dir}/sounds")
 
+    @property
+    def prompts_dir(self) -> str:
+        """The voice-prompt store as Asterisk sees it (``host()`` maps it): the instance's
+        ``prompts/`` inside the sandbox root, ``data_dir/prompts`` for a system Asterisk."""
+        if self.install.root is not None:
+            return f"{self.base}/prompts"
+        return str((self.settings.data_dir / "prompts").resolve())
+
     # ------------------------------------------------------------------ config
 
     def render(self) -> None:

@@ -220,3 +220,20 @@ class Cdr(Base):
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     currency: Mapped[str] = mapped_column(String(3))
     hangup_cause: Mapped[str] = mapped_column(String(32), default="")
+
+
+class Operator(Base):
+    """Someone allowed on the operator line (``ivr-operator``) to record voice prompts.
+
+    Operators log in with a PIN alone (``ivr operators add NAME`` prints it once), so PINs
+    are long and checked against every active operator's salted scrypt hash.
+    """
+
+    __tablename__ = "operators"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    pin_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -2,7 +2,9 @@
 
 from ..agi import Handler
 from .hello import hello
+from .operator import operator
 
 ROUTES: dict[str, Handler] = {
     "hello": hello,
+    "operator": operator,
 }

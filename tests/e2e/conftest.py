@@ -9,8 +9,11 @@ brought up the tests error with the reason.
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import shutil
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +31,9 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     base = load_settings(environ={})
     return base.replace(
         data_dir=tmp_path_factory.mktemp("ivr-data"),
-        asterisk_instance="test",
+        # One instance per test session: two sessions on one machine (a developer's and
+        # a helper's) never stop each other's Asterisk.
+        asterisk_instance=f"test-{os.getpid()}",
         ami_port=free_port(),
         agi_port=free_port(),
         ami_secret=secrets.token_hex(12),
@@ -38,10 +43,24 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def asterisk(test_settings: Settings) -> Iterator[AsteriskInstance]:
     instance = instance_for(test_settings)
-    instance.stop()  # a leftover test instance from an interrupted run
+    stop_abandoned_test_instances(instance)
     instance.start(timeout=90)
     yield instance
     instance.stop()
+    shutil.rmtree(instance.host(instance.base), ignore_errors=True)
+
+
+def stop_abandoned_test_instances(current: AsteriskInstance) -> None:
+    """Stop and remove test instances whose pytest process is gone (an interrupted run)."""
+    parent = current.host(current.base).parent
+    for path in parent.glob("test-*"):
+        pid = path.name.split("-")[1]  # test-<pid> or test-<pid>-<what>
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        old = AsteriskInstance(current.settings.replace(asterisk_instance=path.name),
+                               current.install)
+        old.stop()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def test_asterisk_up_status_down(asterisk, test_settings: Settings, tmp_path):
     # A third instance beside the test one, as a user would run it, configured by env only.
     env = dict(os.environ)
     env.update(
-        IVR_ASTERISK_INSTANCE="clitest",
+        IVR_ASTERISK_INSTANCE=f"test-{os.getpid()}-cli",
         IVR_AMI_PORT=str(free_port()),
         IVR_AGI_PORT=str(free_port()),
         IVR_AMI_SECRET=secrets.token_hex(8),
@@ -60,6 +61,7 @@ def test_asterisk_up_status_down(asterisk, test_settings: Settings, tmp_path):
     assert down.returncode == 0 and "stopped" in down.stdout
     after = run_ivr("asterisk", "status", "--json", env=env)
     assert after.returncode == 3 and json.loads(after.stdout)["running"] is False
+    shutil.rmtree(asterisk.host(asterisk.base).parent / env["IVR_ASTERISK_INSTANCE"])
 
 
 async def test_serve_finishes_running_calls_on_sigterm(asterisk, test_settings: Settings,

@@ -1,0 +1,271 @@
+"""Voice prompt and operator commands: ``ivr prompts ...`` and ``ivr operators ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .config import Settings
+
+EXIT_REFUSED = 1
+OPERATOR_PIN_LENGTH = 8
+
+
+class CommandError(Exception):
+    """A refused command: printed as one line on stderr, exit status 1."""
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    else:
+        print(text)
+
+
+def _langs(text: str) -> tuple[str, ...]:
+    langs = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not langs:
+        raise argparse.ArgumentTypeError("give languages like en,es")
+    return langs
+
+
+def open_store(settings: Settings, store_dir: Path | None = None):  # -> PromptStore
+    """The prompt store of the configured Asterisk instance, or the one in ``store_dir``."""
+    from .asterisk import AsteriskSetupError, instance_for, resolve_install
+    from .prompts import PromptStore
+
+    if store_dir is not None:
+        try:
+            install = resolve_install(settings.asterisk_mode, settings.asterisk_sandbox_dir,
+                                      build=False)
+        except AsteriskSetupError:
+            return PromptStore(store_dir.resolve(), str(store_dir.resolve()))
+        return PromptStore.at(store_dir, install)
+    try:
+        return PromptStore.for_instance(instance_for(settings, build=False))
+    except AsteriskSetupError as exc:
+        raise CommandError(f"{exc} (or give --store DIR)") from None
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
+    from .prompts import load_catalogue
+
+    catalogue = load_catalogue(args.catalogue)
+    store = open_store(settings, args.store)
+    action = args.action
+    if action == "build":
+        from .prompts.build import build
+
+        report = build(catalogue, store, langs=args.lang, engine=args.engine, force=args.force,
+                       progress=not args.quiet)
+        _emit(args, {"made": report.made, "up_to_date": len(report.up_to_date),
+                     "recorded": len(report.recorded), "store": str(store.host_dir)},
+              f"prompts in {store.host_dir}: {report.summary()}")
+        return 0
+    if action == "import":
+        from .prompts.build import import_recordings
+
+        done = import_recordings(catalogue, store, args.directory, args.lang,
+                                 progress=not args.quiet)
+        rows = [{"id": item.prompt.id, "language": item.lang, "file": item.path.name,
+                 "duration": round(seconds, 2)} for item, seconds in done]
+        _emit(args, {"imported": rows}, "\n".join(
+            f"{r['id']} ({r['language']}) <- {r['file']}  {r['duration']:.2f}s" for r in rows)
+            + f"\n{len(rows)} recordings imported")
+        return 0
+    if action == "status":
+        return _status(catalogue, store, args)
+    if action == "history":
+        return _history(catalogue, store, args)
+    if action == "restore":
+        catalogue.get(args.id)
+        lang = args.lang or catalogue.default_language
+        catalogue.check_languages([lang])
+        version = store.restore(args.id, lang, args.version)
+        _emit(args, {"id": args.id, "language": lang, "current": version.version,
+                     "source": version.source},
+              f"{args.id} ({lang}): version {version.version} ({version.source}) is current")
+        return 0
+    raise CommandError(f"unknown action {action}")
+
+
+def _status(catalogue, store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    from .prompts.catalogue import text_hash
+
+    langs = catalogue.check_languages(args.lang or catalogue.languages)
+    manifest = store.manifest()
+    rows = []
+    for prompt in catalogue:
+        for lang in langs:
+            version = manifest.current(prompt.id, lang)
+            row: dict[str, Any] = {"id": prompt.id, "number": prompt.number, "language": lang,
+                                   "source": "missing", "version": None, "duration": None,
+                                   "note": ""}
+            if version is not None:
+                row.update(source=version.source, version=version.version,
+                           duration=version.duration)
+                if not store.has_audio(prompt.id, lang, version.version):
+                    row.update(source="missing", note="audio files missing")
+                elif version.text_hash != text_hash(prompt.text[lang]):
+                    row["note"] = ("text changed since recorded" if version.source == "recorded"
+                                   else "out of date: run ivr prompts build")
+            rows.append(row)
+    counts = {s: sum(r["source"] == s for r in rows) for s in ("tts", "recorded", "missing")}
+    if args.json:
+        print(json.dumps({"store": str(store.host_dir), "prompts": rows, "counts": counts},
+                         indent=2, ensure_ascii=False))
+        return 0
+    print(f"{'id':26} {'no.':>4} {'lang':4} {'source':9} {'ver':>3} {'duration':>8}  note")
+    for r in rows:
+        duration = f"{r['duration']:.2f}s" if r["duration"] is not None else "-"
+        version = r["version"] if r["version"] is not None else "-"
+        print(f"{r['id']:26} {r['number']:>4} {r['language']:4} {r['source']:9} {version:>3} "
+              f"{duration:>8}  {r['note']}".rstrip())
+    print(f"{counts['tts']} speech, {counts['recorded']} recorded, {counts['missing']} missing "
+          f"({store.host_dir})")
+    return 0
+
+
+def _history(catalogue, store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
+    catalogue.get(args.id)
+    langs = catalogue.check_languages(args.lang or catalogue.languages)
+    manifest = store.manifest()
+    data = {}
+    lines = []
+    for lang in langs:
+        history = manifest.get(args.id, lang)
+        versions = [v.to_json() | {"current": history.current == v.version}
+                    for v in (history.versions if history else [])]
+        data[lang] = versions
+        lines.append(f"{args.id} ({lang}):" + ("" if versions else " no versions"))
+        for v in versions:
+            mark = "*" if v["current"] else " "
+            who = v.get("by") or v.get("origin") or v.get("engine") or ""
+            lines.append(f" {mark} v{v['version']:<3} {v['source']:8} {v['duration']:6.2f}s  "
+                         f"{v['created_at']}  {who}")
+    _emit(args, {"id": args.id, "languages": data}, "\n".join(lines))
+    return 0
+
+
+# --------------------------------------------------------------------------- operators
+
+
+def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from .cli_admin import open_db
+    from .db.models import Operator
+    from .secrets import hash_pin, new_pin, verify_pin
+
+    db = open_db(settings)
+    with db.transaction() as s:
+        if args.action == "add":
+            name = args.name.strip()
+            if not name or len(name) > 64:
+                raise CommandError("an operator name is 1-64 characters")
+            if s.scalar(select(Operator.id).where(Operator.name == name)) is not None:
+                raise CommandError(f"operator {name!r} already exists")
+            others = s.scalars(select(Operator.pin_hash).where(Operator.active)).all()
+            while True:  # PINs alone identify operators: never hand out one in use
+                pin = new_pin(OPERATOR_PIN_LENGTH)
+                if not any(verify_pin(pin, h) for h in others):
+                    break
+            s.add(Operator(name=name, pin_hash=hash_pin(pin), active=True,
+                           created_at=datetime.now(UTC)))
+            _emit(args, {"name": name, "pin": pin},
+                  f"operator {name} added; PIN {pin} (shown once only: give it to {name})")
+            return 0
+        if args.action == "disable":
+            op = s.scalar(select(Operator).where(Operator.name == args.name))
+            if op is None:
+                raise CommandError(f"no operator {args.name!r}")
+            op.active = False
+            _emit(args, {"name": op.name, "active": False}, f"operator {op.name} disabled")
+            return 0
+        ops = s.scalars(select(Operator).order_by(Operator.name)).all()
+        rows = [{"name": o.name, "active": o.active, "created_at": o.created_at,
+                 "last_login_at": o.last_login_at} for o in ops]
+        _emit(args, {"operators": rows}, "\n".join(
+            f"{r['name']:24} {'active' if r['active'] else 'disabled':8} "
+            f"last log-in {r['last_login_at'] or 'never'}" for r in rows) or "no operators")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _run(func: Any) -> Any:
+    """Wrap a command so refusals become one clear line on stderr and exit status 1."""
+
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        from .asterisk import AsteriskSetupError
+        from .db import DatabaseUnavailable
+        from .db.migrate import SchemaOutOfDate
+        from .prompts import CatalogueError, ManifestError, UnknownPrompt
+        from .prompts.audio import AudioError
+
+        try:
+            return int(func(settings, args) or 0)
+        except UnknownPrompt as exc:
+            print(f"ivr: {exc}", file=sys.stderr)
+        except (CommandError, CatalogueError, ManifestError, AudioError, AsteriskSetupError,
+                DatabaseUnavailable, SchemaOutOfDate) as exc:
+            print(f"ivr: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+
+    run.__name__ = func.__name__
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument("--store", type=Path, metavar="DIR",
+                       help="prompt store directory (default: the Asterisk instance's)")
+        p.add_argument("--catalogue", type=Path, metavar="FILE",
+                       help="catalogue file (default: prompts/catalogue.toml)")
+        p.set_defaults(func=_run(cmd_prompts))
+        return p
+
+    prompts = sub.add_parser("prompts", help="voice prompts: build, import, status, restore")
+    actions = prompts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = common(actions.add_parser("build", help="make speech for prompts that need it"))
+    p.add_argument("--engine", choices=["espeak", "gtts"], default="espeak",
+                   help="espeak: espeak-ng, offline (default); gtts: Google, needs the network")
+    p.add_argument("--lang", type=_langs, help="languages, comma-separated (default: all)")
+    p.add_argument("--force", action="store_true",
+                   help="remake speech even when up to date (recordings are still kept)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p = common(actions.add_parser(
+        "import", help="import studio recordings (WAV, MP3, FLAC, Ogg; any rate)"))
+    p.add_argument("directory", type=Path,
+                   help="files <id or number>.<ext>, at the top (--lang) or in <lang>/")
+    p.add_argument("--lang", help="language of the files at the top (default: the first)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p = common(actions.add_parser("status", help="source and duration of every prompt"))
+    p.add_argument("--lang", type=_langs, help="languages, comma-separated (default: all)")
+    p = common(actions.add_parser("history", help="the versions of one prompt"))
+    p.add_argument("id")
+    p.add_argument("--lang", type=_langs)
+    p = common(actions.add_parser("restore", help="make an earlier version current again"))
+    p.add_argument("id")
+    p.add_argument("version", type=int)
+    p.add_argument("--lang", help="language (default: the catalogue's first)")
+
+    ops = sub.add_parser("operators", help="who may record prompts on the operator line")
+    actions = ops.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, helptext in (("add", "add an operator; prints a new PIN once"),
+                           ("disable", "stop an operator from logging in"),
+                           ("list", "list operators")):
+        p = actions.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("name")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=_run(cmd_operators))

@@ -1,0 +1,278 @@
+"""Building speech for the catalogue, and importing studio recordings.
+
+A build makes a new ``tts`` version for each (prompt, language) whose current version is
+missing, or is speech made from other text (text hash) or by another engine. Prompts
+recorded by a person (imported or by phone) are never replaced by a build. Speech is made
+in parallel worker threads; each finished prompt is committed to the manifest on its own,
+so an interrupted build keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from .audio import (
+    ENGINES,
+    STUDIO_EFFECTS,
+    TTS_EFFECTS,
+    AudioError,
+    EngineUnavailable,
+    sox_formats,
+    speak_espeak,
+    speak_gtts,
+    to_asterisk,
+)
+from .catalogue import Catalogue, CatalogueError, Prompt, text_hash
+from .store import PromptStore
+
+IMPORT_TYPES = ("wav", "mp3", "flac", "ogg")
+
+
+@dataclass
+class BuildReport:
+    made: list[tuple[str, str]] = field(default_factory=list)
+    up_to_date: list[tuple[str, str]] = field(default_factory=list)
+    recorded: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{len(self.made)} made, {len(self.up_to_date)} up to date, "
+                f"{len(self.recorded)} recorded by a person (kept) in {self.seconds:.1f}s")
+
+
+class Progress:
+    """A text progress bar on stderr (a line every tenth when stderr is not a terminal)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None,
+                 enabled: bool = True) -> None:
+        self.total = total
+        self.done = 0
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.done // self.total
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"{self.label} [{bar}] {self.done}/{self.total} {what}"
+        if self.tty:
+            self.stream.write("\r" + line[:120].ljust(120))
+            if self.done == self.total:
+                self.stream.write("\n")
+        elif self.done == self.total or self.done * 10 // self.total != (
+            (self.done - 1) * 10 // self.total
+        ):  # not a terminal: a line every tenth
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def plan_build(catalogue: Catalogue, store: PromptStore, langs: tuple[str, ...], engine: str,
+               *, force: bool = False) -> tuple[list[tuple[Prompt, str]], BuildReport]:
+    """What a build must make; the report already lists what it skips."""
+    report = BuildReport()
+    todo: list[tuple[Prompt, str]] = []
+    manifest = store.manifest()
+    for prompt in catalogue:
+        for lang in langs:
+            current = manifest.current(prompt.id, lang)
+            if current is not None and current.source == "recorded":
+                report.recorded.append((prompt.id, lang))
+                continue
+            if (
+                not force
+                and current is not None
+                and current.text_hash == text_hash(prompt.text[lang])
+                and current.engine == engine
+                and store.has_audio(prompt.id, lang, current.version)
+            ):
+                report.up_to_date.append((prompt.id, lang))
+                continue
+            todo.append((prompt, lang))
+    return todo, report
+
+
+def build(
+    catalogue: Catalogue,
+    store: PromptStore,
+    *,
+    langs: tuple[str, ...] | None = None,
+    engine: str = "espeak",
+    force: bool = False,
+    progress: bool = True,
+    stream: TextIO | None = None,
+    workers: int | None = None,
+) -> BuildReport:
+    """Make speech for every out-of-date prompt of the catalogue in ``langs``."""
+    if engine not in ENGINES:
+        raise AudioError(f"unknown speech engine {engine!r}; choose {' or '.join(ENGINES)}")
+    langs = catalogue.check_languages(langs or catalogue.languages)
+    started = time.monotonic()
+    todo, report = plan_build(catalogue, store, langs, engine, force=force)
+    if not todo:
+        report.seconds = time.monotonic() - started
+        return report
+    if engine == "gtts" and "mp3" not in sox_formats():
+        raise EngineUnavailable("gTTS makes MP3 and this sox cannot read MP3: install "
+                                "libsox-fmt-mp3")
+    bar = Progress(len(todo), f"prompts ({engine})", stream, progress)
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=store.tmp_dir))
+    try:
+        make = _speaker(catalogue, engine, work)
+        if engine == "gtts":
+            # Fail once, clearly, before starting many requests that would all fail.
+            first_prompt, first_lang = todo[0]
+            _commit(store, make, first_prompt, first_lang, engine, catalogue)
+            report.made.append((first_prompt.id, first_lang))
+            bar.step(f"{first_prompt.id} ({first_lang})")
+            todo = todo[1:]
+        with ThreadPoolExecutor(max_workers=workers or 4) as pool:
+            futures = {
+                pool.submit(_commit, store, make, prompt, lang, engine, catalogue): (prompt, lang)
+                for prompt, lang in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    prompt, lang = futures[future]
+                    future.result()
+                    report.made.append((prompt.id, lang))
+                    bar.step(f"{prompt.id} ({lang})")
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _speaker(catalogue: Catalogue, engine: str, work: Path
+             ) -> Callable[[Prompt, str], tuple[Path, float]]:
+    def make(prompt: Prompt, lang: str) -> tuple[Path, float]:
+        stem = work / f"{prompt.id}.{lang}"
+        if engine == "espeak":
+            raw = stem.with_name(stem.name + ".speech.wav")
+            speak_espeak(prompt.text[lang], catalogue.voice(lang), raw)
+        else:
+            raw = stem.with_name(stem.name + ".speech.mp3")
+            speak_gtts(prompt.text[lang], lang, raw)
+        duration = to_asterisk(raw, stem, TTS_EFFECTS)
+        raw.unlink(missing_ok=True)
+        return stem, duration
+
+    return make
+
+
+def _commit(store: PromptStore, make: Callable[[Prompt, str], tuple[Path, float]],
+            prompt: Prompt, lang: str, engine: str, catalogue: Catalogue) -> None:
+    stem, duration = make(prompt, lang)
+    store.add_version(
+        prompt.id, lang, stem, source="tts", duration=duration,
+        text_hash=text_hash(prompt.text[lang]), engine=engine,
+        voice=catalogue.voice(lang) if engine == "espeak" else lang,
+    )
+
+
+# --------------------------------------------------------------------------- import
+
+
+@dataclass(frozen=True)
+class ImportItem:
+    path: Path
+    prompt: Prompt
+    lang: str
+
+
+def plan_import(catalogue: Catalogue, directory: Path, lang: str | None = None
+                ) -> list[ImportItem]:
+    """Match the files of ``directory`` to prompts, refusing the whole import on any
+    problem (so nothing is half imported).
+
+    A file is ``<id>.<ext>`` or ``<number>.<ext>``, either at the top (language ``lang``,
+    default the catalogue's first) or in a ``<lang>/`` subdirectory.
+    """
+    if not directory.is_dir():
+        raise CatalogueError(f"{directory} is not a directory")
+    default_lang = lang or catalogue.default_language
+    catalogue.check_languages([default_lang])
+    readable = sox_formats()
+    items: list[ImportItem] = []
+    problems: list[str] = []
+    seen: dict[tuple[str, str], Path] = {}
+    candidates = [(p, default_lang) for p in sorted(directory.iterdir()) if p.is_file()]
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        if sub.name in catalogue.languages and (lang is None or sub.name == lang):
+            candidates += [(p, sub.name) for p in sorted(sub.iterdir()) if p.is_file()]
+    for path, file_lang in candidates:
+        if path.name.startswith("."):
+            continue
+        ext = path.suffix.lower().lstrip(".")
+        if ext not in IMPORT_TYPES:
+            problems.append(f"{path.name}: not an audio file this import takes "
+                            f"({', '.join(IMPORT_TYPES)})")
+            continue
+        if ext not in readable:
+            hint = " (install libsox-fmt-mp3)" if ext == "mp3" else ""
+            problems.append(f"{path.name}: this sox cannot read .{ext}{hint}")
+            continue
+        stem = path.stem
+        prompt = (catalogue.by_number(int(stem)) if stem.isdigit()
+                  else catalogue.prompts.get(stem))
+        if prompt is None:
+            problems.append(f"{path.name}: no prompt with that id or number in the catalogue")
+            continue
+        key = (prompt.id, file_lang)
+        if key in seen:
+            problems.append(f"{path.name}: {prompt.id} ({file_lang}) is also {seen[key].name}")
+            continue
+        seen[key] = path
+        items.append(ImportItem(path, prompt, file_lang))
+    if problems:
+        raise CatalogueError("import refused, nothing was imported:\n  " + "\n  ".join(problems))
+    if not items:
+        raise CatalogueError(f"no recordings in {directory}")
+    return items
+
+
+def import_recordings(catalogue: Catalogue, store: PromptStore, directory: Path,
+                      lang: str | None = None, *, progress: bool = True,
+                      stream: TextIO | None = None) -> list[tuple[ImportItem, float]]:
+    """Convert, trim and normalise studio recordings and make each the current version."""
+    items = plan_import(catalogue, directory, lang)
+    work = Path(tempfile.mkdtemp(prefix="import-", dir=store.tmp_dir))
+    bar = Progress(len(items), "import", stream, progress)
+    converted: list[tuple[ImportItem, Path, float]] = []
+    try:
+        # Convert everything first: one unreadable file refuses the import as a whole.
+        for i, item in enumerate(items):
+            stem = work / f"{i}"
+            try:
+                duration = to_asterisk(item.path, stem, STUDIO_EFFECTS)
+            except AudioError as exc:
+                raise AudioError(f"import refused, nothing was imported: {exc}") from None
+            converted.append((item, stem, duration))
+        done = []
+        for item, stem, duration in converted:
+            store.add_version(
+                item.prompt.id, item.lang, stem, source="recorded", duration=duration,
+                text_hash=text_hash(item.prompt.text[item.lang]),
+                origin=f"import:{item.path.name}",
+            )
+            done.append((item, duration))
+            bar.step(f"{item.prompt.id} ({item.lang})")
+        return done
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,61 @@
+"""The process's settings (and database) for code that is not handed them.
+
+A FastAGI route is ``async def route(call)``: there is no dependency injection yet. A
+route that needs the settings calls :func:`get_settings`, which loads them once with
+:func:`ivr.config.load_settings` (config file, then ``IVR_*`` variables). A command that
+loaded its own (``--config``) or a test installs them with :func:`set_settings`;
+``set_settings(None)`` forgets them, so the next call loads them again.
+
+:func:`get_database` is the one :class:`ivr.db.Database` for those settings, with the
+schema brought to head on first use when the database is SQLite (PostgreSQL wants
+``ivr db upgrade``, as for the operator commands).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from .db import Database
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_database: Database | None = None
+
+
+def get_settings() -> Settings:
+    global _settings
+    with _lock:
+        if _settings is None:
+            _settings = load_settings()
+        return _settings
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Install the process's settings (None: load them again on next use)."""
+    global _settings, _database
+    with _lock:
+        _settings = settings
+        if _database is not None:
+            _database.dispose()
+            _database = None
+
+
+def get_database() -> Database:
+    """The database of the current settings; call it from a worker thread (it may migrate)."""
+    global _database
+    settings = get_settings()
+    with _lock:
+        if _database is None or _database.url != settings.effective_database_url:
+            from .db import Database
+            from .db.migrate import ensure_schema
+
+            db = Database(settings.effective_database_url)
+            ensure_schema(db.engine, auto=db.is_sqlite)
+            if _database is not None:
+                _database.dispose()
+            _database = db
+        return _database
