@@ -13,6 +13,20 @@ from collections import Counter
 import pytest
 
 REAL_MARKERS = ("asterisk", "postgres")
+
+
+@pytest.fixture
+def ivr_cli(capsys):
+    """Run ``ivr ARGS`` in process; returns stdout, or stderr when ``expect`` is not 0."""
+    from ivr.cli import main
+
+    def run(*args: str, expect: int = 0) -> str:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        assert code == expect, (args, out, err)
+        return out if expect == 0 else err
+
+    return run
 _counts: dict[str, Counter[str]] = {m: Counter() for m in REAL_MARKERS}
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from ivr.cli import main
-
 ASTPP = (Path(__file__).resolve().parents[2].parent
          / "shared/data/ratedecks/astpp_outbound_routes_AZ.csv")
 DECK = """\
@@ -23,17 +21,10 @@ retail,*,Anywhere,0,1.20,60,60,0,,,,
 
 
 @pytest.fixture
-def ivr(tmp_path, monkeypatch, capsys):
+def ivr(tmp_path, monkeypatch, ivr_cli):
     monkeypatch.setenv("IVR_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     monkeypatch.chdir(tmp_path)
-
-    def run(*args: str, expect: int = 0) -> str:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        assert code == expect, (args, out, err)
-        return out if expect == 0 else err
-
-    return run
+    return ivr_cli
 
 
 def test_plan_deck_quote_and_max_seconds(ivr, tmp_path):

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from ivr.cli import main
 from ivr.db.models import Operator
 from ivr.secrets import verify_pin
 
@@ -30,7 +29,7 @@ text.es = "Adiós."
 
 
 @pytest.fixture
-def ivr(tmp_path, monkeypatch, capsys):
+def ivr(tmp_path, monkeypatch, ivr_cli):
     monkeypatch.setenv("IVR_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     # No Asterisk here: the store is the directory given with --store.
     monkeypatch.setenv("IVR_ASTERISK_MODE", "sandbox")
@@ -39,14 +38,7 @@ def ivr(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("IVR_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "catalogue.toml").write_text(CATALOGUE)
-
-    def run(*args: str, expect: int = 0) -> str:
-        code = main(list(args))
-        out, err = capsys.readouterr()
-        assert code == expect, (args, out, err)
-        return out if expect == 0 else err
-
-    return run
+    return ivr_cli
 
 
 STORE = ("--store", "store", "--catalogue", "catalogue.toml")
