@@ -27,12 +27,20 @@ def _setup_logging(settings: Settings, verbose: bool) -> None:
 
 
 async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None) -> int:
-    """Run the FastAGI server until SIGTERM/SIGINT, then shut down gracefully."""
+    """Run the FastAGI server and the call controller until SIGTERM/SIGINT, then shut
+    down gracefully."""
     from . import runtime
     from .agi import AgiServer
+    from .ami import AmiClient
+    from .calls import CallController
     from .flows import ROUTES
 
     runtime.set_settings(settings)  # routes read the process settings from here
+    ledger = await asyncio.to_thread(runtime.get_ledger)  # may migrate an SQLite file
+    ami = AmiClient.from_settings(settings)
+    controller = CallController.from_settings(ami, ledger, settings)
+    runtime.set_controller(controller)
+    ami_task = asyncio.ensure_future(_keep_ami_connected(ami))
     server = AgiServer(
         ROUTES,
         settings.agi_host,
@@ -41,6 +49,8 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
         command_timeout=settings.agi_command_timeout,
     )
     await server.start()
+    # Calls that ended while no server was running are settled from Asterisk's records.
+    controller.start_recovery(settings.recovery_interval)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,7 +60,25 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     await stop.wait()
     log.info("stopping; running calls get up to %gs to finish", settings.shutdown_grace)
     await server.shutdown(settings.shutdown_grace)
+    await controller.close()
+    runtime.set_controller(None)
+    ami_task.cancel()
+    await ami.close()
     return 0
+
+
+async def _keep_ami_connected(ami: object) -> None:
+    """Connect to AMI, retrying until it answers; panoramisk reconnects after that.
+    Without AMI calls still work and end at their limit; only warnings and recovery wait."""
+    from .ami import AmiClient, AmiError
+
+    assert isinstance(ami, AmiClient)
+    while not ami.connected:
+        try:
+            await ami.connect(timeout=10)
+        except AmiError as exc:
+            log.error("%s; mid-call warnings and recovery wait for AMI (retrying)", exc)
+            await asyncio.sleep(5)
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:

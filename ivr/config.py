@@ -66,6 +66,26 @@ class Settings:
     # The default is the sandbox test trunk.
     trunk_dial: str = "Local/{number}@ivr-test-callee"
 
+    # The access-number line (calling-card calls).
+    # Region for numbers dialled without an international prefix (ISO 3166 code).
+    default_region: str = "US"
+    # Languages offered at the start of a call; empty: every catalogue language.
+    access_languages: str = ""
+    # Consecutive wrong PINs that lock a card.
+    pin_max_failures: int = 5
+    # Wrong PINs or card numbers from one caller ID, across cards, within the window,
+    # after which that caller ID is refused until the window passes.
+    callerid_max_failures: int = 10
+    callerid_failure_window: int = 3600
+    # Seconds the destination may ring before NOANSWER.
+    dial_timeout: int = 60
+    # Mid-call warnings: the caller hears one when the time left falls below
+    # low_balance_warning seconds, and a last one final_warning seconds before the cut.
+    low_balance_warning: int = 60
+    final_warning: int = 10
+    # Settle calls that ended while the server was down, every this many seconds.
+    recovery_interval: float = 5.0
+
     log_level: str = "INFO"
 
     @property

@@ -153,8 +153,13 @@ class Ledger:
         at: datetime | None = None,
         service: str = "voice",
         limit: int = MAX_CALL_SECONDS,
+        call_key: str | None = None,
+        channel: str | None = None,
     ) -> Grant | Refusal:
-        """Reserve what the available balance buys for a call to ``number``."""
+        """Reserve what the available balance buys for a call to ``number``.
+
+        ``call_key`` names the live call (unique): it is the settlement's idempotency key
+        and lets a restarted server find how the call ended (ivr.calls)."""
         at = at or self.clock()
         with self.db.transaction() as s:
             if card_id is not None:
@@ -192,6 +197,8 @@ class Ledger:
                 amount=q.cost,
                 status=ReservationStatus.ACTIVE,
                 rated_at=at,
+                call_key=call_key,
+                channel=channel,
                 created_at=self.clock(),
             )
             s.add(reservation)
@@ -315,6 +322,17 @@ class Ledger:
                 if s.scalar(select(Cdr.id).where(Cdr.uniqueid == uniqueid)) is None:
                     s.add(self._cdr(s, res, account, uniqueid, caller, started_at, None, None, 0,
                                     Decimal(0), hangup_cause))
+
+    # ------------------------------------------------------------------ live calls
+
+    def open_reservations(self) -> list[Reservation]:
+        """Reservations not yet settled or released (live calls, or calls to recover)."""
+        with self.db.transaction() as s:
+            return list(s.scalars(
+                select(Reservation)
+                .where(Reservation.status == ReservationStatus.ACTIVE)
+                .order_by(Reservation.id)
+            ))
 
     # ------------------------------------------------------------------ helpers
 

@@ -6,9 +6,10 @@ route that needs the settings calls :func:`get_settings`, which loads them once 
 loaded its own (``--config``) or a test installs them with :func:`set_settings`;
 ``set_settings(None)`` forgets them, so the next call loads them again.
 
-:func:`get_database` is the one :class:`ivr.db.Database` for those settings, with the
-schema brought to head on first use when the database is SQLite (PostgreSQL wants
-``ivr db upgrade``, as for the operator commands).
+:func:`get_ledger` and :func:`get_controller` are the money and live-call services the
+server wires up (``ivr serve``). :func:`get_database` is the one :class:`ivr.db.Database`
+for those settings, with the schema brought to head on first use when the database is
+SQLite (PostgreSQL wants ``ivr db upgrade``, as for the operator commands).
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from typing import TYPE_CHECKING
 from .config import Settings, load_settings
 
 if TYPE_CHECKING:
+    from .calls import CallController
     from .db import Database
+    from .ledger import Ledger
 
 _lock = threading.Lock()
 _settings: Settings | None = None
 _database: Database | None = None
+_ledger: Ledger | None = None
+_controller: CallController | None = None
 
 
 def get_settings() -> Settings:
@@ -36,9 +41,10 @@ def get_settings() -> Settings:
 
 def set_settings(settings: Settings | None) -> None:
     """Install the process's settings (None: load them again on next use)."""
-    global _settings, _database
+    global _settings, _database, _ledger
     with _lock:
         _settings = settings
+        _ledger = None
         if _database is not None:
             _database.dispose()
             _database = None
@@ -59,3 +65,25 @@ def get_database() -> Database:
                 _database.dispose()
             _database = db
         return _database
+
+
+def get_ledger() -> Ledger:
+    """The ledger (with its rating cache) over :func:`get_database`; from a worker thread."""
+    global _ledger
+    db = get_database()
+    with _lock:
+        if _ledger is None or _ledger.db is not db:
+            from .ledger import Ledger
+
+            _ledger = Ledger(db)
+        return _ledger
+
+
+def get_controller() -> CallController | None:
+    """The call controller the server runs (None when it runs without AMI)."""
+    return _controller
+
+
+def set_controller(controller: CallController | None) -> None:
+    global _controller
+    _controller = controller

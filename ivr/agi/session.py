@@ -69,9 +69,15 @@ class AgiSession:
 
     # ---------------------------------------------------------------- the one primitive
 
-    async def command(self, name: str, *args: object, secret: bool = False) -> Reply:
-        """Send one command and return its 200 reply, raising on error codes."""
-        if self.hung_up and name != "HANGUP":
+    async def command(
+        self, name: str, *args: object, secret: bool = False, dead_ok: bool = False
+    ) -> Reply:
+        """Send one command and return its 200 reply, raising on error codes.
+
+        After the caller hung up, only ``dead_ok`` commands are sent: Asterisk keeps
+        answering GET/SET VARIABLE on a dead channel until the AGI ends (how a call's
+        outcome is read after the caller hung up during Dial)."""
+        if self.hung_up and name != "HANGUP" and not dead_ok:
             raise AgiHangup(f"{name}: channel already hung up")
         data = format_command(name, *args)
         quiet = secret or self._secret_depth > 0
@@ -176,13 +182,21 @@ class AgiSession:
     async def say_number(self, number: int, escape_digits: str = "") -> str:
         return _digit(await self._checked("SAY NUMBER", number, escape_digits))
 
-    async def set_variable(self, name: str, value: object) -> None:
-        await self.command("SET VARIABLE", name, value)
+    async def set_variable(self, name: str, value: object, *, dead_ok: bool = False) -> None:
+        await self.command("SET VARIABLE", name, value, dead_ok=dead_ok)
 
-    async def get_variable(self, name: str) -> str | None:
+    async def get_variable(self, name: str, *, dead_ok: bool = False) -> str | None:
         """A channel variable or function value; None when it is not set."""
-        reply = await self.command("GET VARIABLE", name)
+        reply = await self.command("GET VARIABLE", name, dead_ok=dead_ok)
         return reply.data if reply.result == "1" else None
+
+    async def database_get(self, family: str, key: str) -> str | None:
+        """An AstDB value (None when absent); works after the caller hung up."""
+        reply = await self.command("DATABASE GET", family, key, dead_ok=True)
+        return reply.data if reply.result == "1" else None
+
+    async def database_del(self, family: str, key: str) -> None:
+        await self.command("DATABASE DEL", family, key, dead_ok=True)
 
     async def exec(self, application: str, *options: str) -> int:
         """Run a dialplan application; returns its result (-2 when it does not exist)."""

@@ -195,6 +195,11 @@ class Reservation(Base):
     )
     rated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     uniqueid: Mapped[str | None] = mapped_column(String(150), nullable=True)
+    # A live call's key (``<channel uniqueid>/<attempt>``): the idempotency key of its
+    # settlement, and the AstDB key under which Asterisk records how the call ended, so
+    # a call that ends while the server is down is settled on restart (ivr.calls).
+    call_key: Mapped[str | None] = mapped_column(String(150), nullable=True, unique=True)
+    channel: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -220,6 +225,19 @@ class Cdr(Base):
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     currency: Mapped[str] = mapped_column(String(3))
     hangup_cause: Mapped[str] = mapped_column(String(32), default="")
+
+
+class AuthFailure(Base):
+    """A wrong PIN or card number, kept to slow guessing from one caller ID across cards."""
+
+    __tablename__ = "auth_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    callerid: Mapped[str] = mapped_column(String(32))  # "anonymous" when withheld
+    card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"), nullable=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_auth_failures_callerid_at", "callerid", "at"),)
 
 
 class Operator(Base):

@@ -17,12 +17,17 @@ from pathlib import Path
 
 import pytest
 
+from ivr import prompts, runtime
 from ivr.agi import AgiServer
 from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance, instance_for
+from ivr.calls import CallController
 from ivr.config import Settings, load_settings
 from ivr.flows import ROUTES
+from ivr.prompts import PromptStore, load_catalogue
+from ivr.prompts.build import build
 from ivr.testing import free_port
+from ivr.testing.access import AccessLine, create_test_plan
 from ivr.testing.phone import Phone
 
 
@@ -93,3 +98,47 @@ async def phone(ami: AmiClient, test_settings: Settings) -> AsyncIterator[Phone]
     p.close()
     await asyncio.gather(*(k.close() for k in keypads))
 
+
+
+@pytest.fixture(scope="session")
+def instance_prompts(asterisk: AsteriskInstance) -> Iterator[PromptStore]:
+    """The test instance's prompt store, complete: copied from the operator's store when
+    `ivr prompts build` made one (set-up does), then brought up to date offline."""
+    store = PromptStore.for_instance(asterisk)
+    main = PromptStore.for_instance(AsteriskInstance(
+        asterisk.settings.replace(asterisk_instance="main"), asterisk.install))
+    if main.host_dir.is_dir() and not store.host_dir.exists():
+        shutil.copytree(main.host_dir, store.host_dir, symlinks=True)
+    catalogue = load_catalogue()
+    build(catalogue, store, progress=False)
+    assert not store.missing(catalogue)
+    prompts.set_store(store, catalogue)
+    yield store
+    prompts.set_store(None)
+
+
+@pytest.fixture
+async def access_line(
+    asterisk: AsteriskInstance, test_settings: Settings, instance_prompts: PromptStore,
+    ami: AmiClient, tmp_path: Path, request: pytest.FixtureRequest,
+) -> AsyncIterator[AccessLine]:
+    overrides = getattr(request, "param", {})
+    settings = test_settings.replace(
+        database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}",
+        dial_timeout=4,
+        access_languages="en",  # the language menu has its own test
+        **overrides,
+    )
+    runtime.set_settings(settings)
+    db = await asyncio.to_thread(runtime.get_database)
+    create_test_plan(db)
+    ledger = runtime.get_ledger()
+    controller = CallController.from_settings(ami, ledger, settings)
+    runtime.set_controller(controller)
+    server = AgiServer(ROUTES, "127.0.0.1", settings.agi_port, header_timeout=2)
+    await server.start()
+    yield AccessLine(settings, db, ledger, controller, server)
+    await server.shutdown(grace=5)
+    await controller.close()
+    runtime.set_controller(None)
+    runtime.set_settings(None)

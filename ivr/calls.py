@@ -1,0 +1,334 @@
+"""The call controller: live calls seen from AMI, mid-call warnings, and recovery.
+
+The access flow (``ivr.flows.access``) dials; this module watches. For each live call it
+learns from AMI when the destination answered (``DialEnd``), and schedules two warnings
+for the caller alone: one when the time left falls below ``low_balance_warning`` seconds,
+a last one ``final_warning`` seconds before the cut. A warning is whispered into the
+caller's channel with ChanSpy (``w``), so the called party hears nothing.
+
+It does not enforce the limit: Asterisk does (``TIMEOUT(absolute)`` on the called channel,
+set at answer by the ``ivr-access-answered`` Gosub), so a dead server or a lost AMI
+connection can never let a call run unpaid. :meth:`CallController.extend` moves that limit
+during a call (AMI ``AbsoluteTimeout``).
+
+Recovery: when the server was down while a call ended, Asterisk's hang-up handler
+(``ivr-access-hangup``) recorded how it ended in AstDB (family ``ivr-calls``, key = the
+call key). :meth:`CallController.recover_once`, run at start and every
+``recovery_interval`` seconds, settles each open reservation that no flow of this process
+owns from that record, exactly once (settlement is idempotent per call key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ami import AmiClient, AmiError
+from .ledger import Ledger, LedgerError
+
+log = logging.getLogger("ivr.calls")
+
+ASTDB_FAMILY = "ivr-calls"
+WHISPER_CHANNEL = "Local/s@ivr-whisper/n"
+MIN_WARNING_GAP = 3  # seconds: no first warning this close to the last one
+
+
+@dataclass
+class LiveCall:
+    key: str  # <caller uniqueid>-<attempt>: AstDB key and settlement idempotency key
+    uniqueid: str  # the caller's channel
+    channel: str
+    reservation_id: int
+    granted: int  # seconds the call may last from answer
+    language: str = "en"
+    dest_channel: str = ""
+    answered_at: float | None = None  # loop time
+    whispers: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds after answer)
+    _timers: list[asyncio.TimerHandle] = field(default_factory=list, repr=False)
+
+    def cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How a dialled call ended, as Asterisk recorded it in AstDB."""
+
+    dial_status: str  # ANSWER, BUSY, NOANSWER, CONGESTION, CHANUNAVAIL, CANCEL, ...
+    billsec: int  # whole seconds from answer to hang-up
+
+    @classmethod
+    def parse(cls, record: str) -> CallOutcome:
+        """``ANSWER,<ms>`` (the called channel's hang-up handler) or ``<DIALSTATUS>,0``
+        (the caller's, when nobody answered)."""
+        status, _, ms = record.partition(",")
+        millis = int(ms) if ms.strip().isdigit() else 0
+        return cls(status.strip() or "UNKNOWN", millis // 1000)
+
+
+@dataclass
+class RecoveryReport:
+    settled: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+    live: list[str] = field(default_factory=list)  # still up in Asterisk: left alone
+
+
+class CallController:
+    def __init__(
+        self,
+        ami: AmiClient | None,
+        ledger: Ledger,
+        *,
+        low_balance_warning: int = 60,
+        final_warning: int = 10,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.ami = ami
+        self.ledger = ledger
+        self.low_balance_warning = low_balance_warning
+        self.final_warning = final_warning
+        self._clock = clock
+        self._claimed: set[str] = set()
+        self._live: dict[str, LiveCall] = {}  # by caller uniqueid
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._recovery: asyncio.Task[None] | None = None
+        self._recovery_lock = asyncio.Lock()
+        if ami is not None:
+            for name, handler in (("DialBegin", self._on_dial_begin),
+                                  ("DialEnd", self._on_dial_end),
+                                  ("Hangup", self._on_hangup)):
+                self._unsubscribe.append(ami.on_event(name, handler))
+
+    @classmethod
+    def from_settings(cls, ami: AmiClient | None, ledger: Ledger, settings: Any) -> CallController:
+        return cls(ami, ledger, low_balance_warning=settings.low_balance_warning,
+                   final_warning=settings.final_warning)
+
+    def now(self) -> float:
+        return self._clock() if self._clock else asyncio.get_running_loop().time()
+
+    # ------------------------------------------------------------------ registry
+
+    def claim(self, key: str) -> None:
+        """A flow of this process owns this call key (recovery leaves it alone). Claim
+        before reserving, so the recovery sweep never sees an unowned reservation."""
+        self._claimed.add(key)
+
+    def track(self, call: LiveCall) -> None:
+        self._claimed.add(call.key)
+        self._live[call.uniqueid] = call
+
+    def done(self, key: str) -> None:
+        """The flow has settled (or released) this call."""
+        self._claimed.discard(key)
+        for uniqueid, call in list(self._live.items()):
+            if call.key == key:
+                call.cancel_timers()
+                del self._live[uniqueid]
+
+    def live_call(self, uniqueid: str) -> LiveCall | None:
+        return self._live.get(uniqueid)
+
+    @property
+    def live_calls(self) -> int:
+        return len(self._live)
+
+    # ------------------------------------------------------------------ AMI events
+
+    def _on_dial_begin(self, event: Any) -> None:
+        call = self._live.get(event.get("Uniqueid", ""))
+        if call is not None:
+            call.dest_channel = event.get("DestChannel", "")
+
+    def _on_dial_end(self, event: Any) -> None:
+        call = self._live.get(event.get("Uniqueid", ""))
+        if call is None or event.get("DialStatus") != "ANSWER":
+            return
+        call.answered_at = self.now()
+        call.dest_channel = event.get("DestChannel", call.dest_channel)
+        self._schedule_warnings(call)
+
+    def _on_hangup(self, event: Any) -> None:
+        uniqueid = event.get("Uniqueid", "")
+        call = self._live.get(uniqueid)
+        if call is not None:
+            call.cancel_timers()
+            return
+        for call in self._live.values():  # the called party hung up: no more warnings
+            if call.dest_channel and call.dest_channel == event.get("Channel"):
+                call.cancel_timers()
+
+    # ------------------------------------------------------------------ warnings
+
+    def warning_times(self, granted: int) -> list[tuple[str, float]]:
+        """When, in seconds after answer, each warning is whispered."""
+        times: list[tuple[str, float]] = []
+        final_at = granted - self.final_warning
+        first_at = max(0.5, granted - self.low_balance_warning)
+        if self.low_balance_warning > self.final_warning and (
+            final_at <= 0 or first_at <= final_at - MIN_WARNING_GAP
+        ):
+            times.append(("warning", first_at))
+        if final_at > 0:
+            times.append(("final", final_at))
+        return times
+
+    def _schedule_warnings(self, call: LiveCall) -> None:
+        call.cancel_timers()
+        if call.answered_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        elapsed = self.now() - call.answered_at
+        for kind, at in self.warning_times(call.granted):
+            delay = at - elapsed
+            if delay < 0:
+                continue
+            call._timers.append(loop.call_later(
+                delay, lambda c=call, k=kind: asyncio.ensure_future(self.whisper(c, k))
+            ))
+
+    async def whisper(self, call: LiveCall, kind: str) -> None:
+        """Whisper a warning to the caller's leg only (ChanSpy in whisper mode)."""
+        left = self.seconds_left(call)
+        if self.ami is None or call.answered_at is None:
+            return
+        call.whispers.append((kind, self.now() - call.answered_at))
+        log.info("[%s] %s warning: %ss left", call.uniqueid, kind, left)
+        try:
+            await self.ami.action(
+                "Originate",
+                Channel=WHISPER_CHANNEL,
+                Application="ChanSpy",
+                Data=f"{call.channel},qwE",
+                CallerID='"ivr warning" <0>',
+                Async="true",
+                Timeout=5000,
+                Variable=[f"__IVR_WHISPER={kind}", f"__IVR_SECONDS_LEFT={left}",
+                          f"__IVR_LANGUAGE={call.language}"],
+            )
+        except AmiError as exc:
+            # The call goes on and Asterisk still ends it at its limit; only the warning
+            # is lost.
+            log.warning("[%s] could not whisper the %s warning: %s", call.uniqueid, kind, exc)
+
+    def seconds_left(self, call: LiveCall) -> int:
+        if call.answered_at is None:
+            return call.granted
+        return max(0, round(call.granted - (self.now() - call.answered_at)))
+
+    # ------------------------------------------------------------------ extension
+
+    async def extend(self, uniqueid: str, granted: int) -> None:
+        """Let a live call last ``granted`` seconds from its answer (after a top-up):
+        moves Asterisk's limit on the called channel and re-plans the warnings."""
+        call = self._live.get(uniqueid)
+        if call is None:
+            raise LookupError(f"no live call {uniqueid}")
+        call.granted = granted
+        if call.answered_at is not None and call.dest_channel:
+            if self.ami is None:
+                raise AmiError("no AMI connection to move the call's limit")
+            await self.ami.action("AbsoluteTimeout", Channel=call.dest_channel,
+                                  Timeout=max(1, self.seconds_left(call)))
+            self._schedule_warnings(call)
+
+    # ------------------------------------------------------------------ recovery
+
+    async def recover_once(self) -> RecoveryReport:
+        """Settle or release every open reservation no flow of this process owns."""
+        report = RecoveryReport()
+        if self.ami is None or not self.ami.connected:
+            return report
+        async with self._recovery_lock:
+            for res in await asyncio.to_thread(self.ledger.open_reservations):
+                key = res.call_key
+                if key is None or key in self._claimed:
+                    continue
+                try:
+                    await self._recover(res, report)
+                except (AmiError, LedgerError) as exc:
+                    log.warning("recovery of call %s postponed: %s", key, exc)
+        if report.settled or report.released:
+            log.info("recovery: settled %s, released %s", report.settled, report.released)
+        return report
+
+    async def _recover(self, res: Any, report: RecoveryReport) -> None:
+        key = res.call_key
+        record = await self._astdb_get(key)
+        if record is None:
+            if await self._channel_alive(res.channel, key):
+                report.live.append(key)  # Asterisk enforces its limit; settle when it ends
+                return
+            record = await self._astdb_get(key)  # it may have ended just now
+        if record is None:
+            # The channel is gone and never reached Dial's hang-up handler: nothing was
+            # dialled (or Asterisk itself restarted), so nothing is charged.
+            await asyncio.to_thread(self.ledger.release, res.id, uniqueid=key,
+                                    hangup_cause="recovered: no record")
+            report.released.append(key)
+            return
+        outcome = CallOutcome.parse(record)
+        if outcome.dial_status == "ANSWER":
+            await asyncio.to_thread(self.ledger.settle, res.id, outcome.billsec, uniqueid=key,
+                                    hangup_cause=f"recovered: {outcome.dial_status}")
+            report.settled.append(key)
+        else:
+            await asyncio.to_thread(self.ledger.release, res.id, uniqueid=key,
+                                    hangup_cause=f"recovered: {outcome.dial_status}")
+            report.released.append(key)
+        assert self.ami is not None
+        with contextlib.suppress(AmiError):
+            await self.ami.action("DBDel", Family=ASTDB_FAMILY, Key=key)
+
+    async def _astdb_get(self, key: str) -> str | None:
+        assert self.ami is not None
+        try:
+            reply = await self.ami.action("DBGet", Family=ASTDB_FAMILY, Key=key, as_list=True)
+        except AmiError as exc:
+            if "not found" in str(exc).lower():
+                return None
+            raise
+        for message in reply if isinstance(reply, list) else [reply]:
+            if message.get("Event") == "DBGetResponse":
+                return str(message.get("Val", ""))
+        return None
+
+    async def _channel_alive(self, channel: str | None, key: str) -> bool:
+        if not channel:
+            return False
+        assert self.ami is not None
+        try:
+            reply = await self.ami.action("Getvar", Channel=channel,
+                                          Variable="CHANNEL(uniqueid)")
+        except AmiError as exc:
+            if "no such channel" in str(exc).lower():
+                return False
+            raise
+        return bool(reply.get("Value")) and key.startswith(f"{reply.get('Value')}-")
+
+    def start_recovery(self, interval: float) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.recover_once()
+                except Exception:
+                    log.exception("recovery sweep failed")
+                await asyncio.sleep(interval)
+
+        self._recovery = asyncio.ensure_future(loop())
+
+    async def close(self) -> None:
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._recovery
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        for call in self._live.values():
+            call.cancel_timers()

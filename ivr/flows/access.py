@@ -1,0 +1,381 @@
+"""The access-number line (context ``ivr-access``, route ``access``): a paid call.
+
+Steps, in order: language, identify (pinless by caller ID, else card number and PIN),
+balance, destination (filtered, normalised to E.164, rated), reserve, dial, settle, and
+another call. Each step is a function below; the caller's state lives in
+:class:`AccessCall`.
+
+Money safety:
+- The reservation is made before Dial and always closed: settled from the billable
+  seconds when the called party answered, released otherwise, including when the caller
+  hangs up at any prompt (``finally``).
+- Asterisk enforces the call's limit itself: the ``ivr-access-answered`` Gosub (Dial
+  ``U()``) sets ``TIMEOUT(absolute)`` on the called channel at answer, and a looser limit
+  on the caller's channel is a backstop. If this server dies mid-call the call still ends
+  on time; the ``ivr-access-hangup`` handler records how it ended in AstDB and the
+  restarted server settles it (:mod:`ivr.calls`).
+- Settlement is idempotent per call key (``<uniqueid>-<attempt>``).
+
+Card numbers and PINs are read with ``secret=True`` and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from .. import login, prompts, runtime
+from ..agi import AgiSession
+from ..calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
+from ..config import Settings
+from ..db import Database
+from ..ledger import Grant, Ledger, Refusal, Settlement
+from ..login import Cardholder, LoginPolicy, LoginResult, Verdict
+from ..numbers import InvalidNumber, keypad_digits, normalise, normalise_callerid
+from ..prompts.say import say_duration, say_money
+
+log = logging.getLogger("ivr.flows.access")
+
+MAX_TRIES = 3  # per question: card number, PIN, destination, menu
+DESTINATION_MAX_DIGITS = 20
+DESTINATION_TIMEOUT_MS = 10_000
+BACKSTOP_MARGIN = 30  # seconds beyond ring time + grant for the caller channel's limit
+
+# DIALSTATUS -> the prompt the caller hears; none of these costs anything.
+FAILED_DIAL_PROMPTS = {
+    "BUSY": "busy",
+    "NOANSWER": "no-answer",
+    "CONGESTION": "congestion",
+    "CHANUNAVAIL": "congestion",
+}
+
+
+@dataclass
+class AccessCall:
+    """One caller's session on the access line."""
+
+    call: AgiSession
+    settings: Settings
+    db: Database
+    ledger: Ledger
+    controller: CallController | None
+    callerid: str | None  # E.164 digits, None when withheld
+    holder: Cardholder | None = None
+    attempts: int = 0
+    outcomes: list[str] = field(default_factory=list)  # DIALSTATUS of each attempt
+
+    @property
+    def tag(self) -> str:
+        return f"[{self.call.env.uniqueid}]"
+
+
+@dataclass(frozen=True)
+class DialResult:
+    status: str  # DIALSTATUS
+    settlement: Settlement | None  # when answered
+    cut_at_limit: bool
+
+
+async def access(call: AgiSession) -> None:
+    settings = runtime.get_settings()
+    db, ledger = await asyncio.to_thread(lambda: (runtime.get_database(), runtime.get_ledger()))
+    session = AccessCall(
+        call, settings, db, ledger, runtime.get_controller(),
+        normalise_callerid(call.env.callerid, settings.default_region),
+    )
+    await call.answer()
+    await choose_language(session)
+    holder = await identify(session)
+    if holder is not None:
+        session.holder = holder
+        await calls_until_done(session)
+    await prompts.play(call, "goodbye")
+    await call.hangup()
+
+
+# --------------------------------------------------------------------------- steps
+
+
+async def choose_language(s: AccessCall) -> None:
+    """Each language's "press N" is played in that language; no key keeps the first."""
+    catalogue = prompts.get_catalogue()
+    wanted = [x.strip() for x in s.settings.access_languages.split(",") if x.strip()]
+    languages = [lang for lang in (wanted or catalogue.languages) if lang in catalogue.languages]
+    if not languages:
+        languages = [catalogue.default_language]
+    prompts.set_language(s.call, languages[0])
+    if len(languages) == 1:
+        return
+    keys = "".join(str(i + 1) for i in range(len(languages)))
+    for _ in range(2):
+        for lang in languages:
+            digit, _pos = await s.call.stream_file(
+                prompts.path(s.call, "choose-language", lang), keys
+            )
+            if digit:
+                break
+        else:
+            digit = await s.call.wait_for_digit(3000)
+        if digit in keys and digit:
+            prompts.set_language(s.call, languages[int(digit) - 1])
+            return
+        if digit:
+            await prompts.play(s.call, "invalid-option")
+        else:
+            return  # no choice: the first language
+
+
+async def identify(s: AccessCall) -> Cardholder | None:
+    """Pinless by caller ID, else card number then PIN. None: the call ends."""
+    await prompts.play(s.call, "welcome")
+    policy = LoginPolicy.from_settings(s.settings)
+    result = await asyncio.to_thread(login.pinless, s.db, s.callerid)
+    if result is not None:
+        log.info("%s pinless log-in, card ...%s", s.tag, _last4(result))
+        if result.verdict in (Verdict.OK, Verdict.EMPTY):
+            await prompts.play(s.call, "welcome-back")
+        return await _admit(s, result)
+    if await asyncio.to_thread(login.throttled, s.db, s.callerid, policy):
+        log.warning("%s log-in refused: too many failures from this caller ID", s.tag)
+        await prompts.play(s.call, "too-many-attempts")
+        return None
+    card = await _ask_card(s)
+    if card is None:
+        return None
+    if card.verdict is not Verdict.OK:
+        return await _admit(s, card)
+    assert card.card_id is not None
+    for _ in range(MAX_TRIES):
+        pin = await prompts.ask(s.call, "enter-pin", 10_000, 12, secret=True)
+        result = await asyncio.to_thread(
+            login.verify_pin, s.db, card.card_id, keypad_digits(pin), s.callerid, policy
+        )
+        if result.verdict is not Verdict.WRONG_PIN:
+            return await _admit(s, result)
+        log.info("%s wrong PIN for card id %s", s.tag, card.card_id)
+        await prompts.play(s.call, "wrong-pin")
+    await prompts.play(s.call, "too-many-attempts")
+    return None
+
+
+async def _ask_card(s: AccessCall) -> LoginResult | None:
+    for _ in range(MAX_TRIES):
+        typed = await prompts.ask(s.call, "enter-card-number", 10_000, 20, secret=True)
+        number = keypad_digits(typed)
+        if not number:
+            await prompts.play(s.call, "no-input")
+            continue
+        result = await asyncio.to_thread(login.find_card, s.db, number, s.callerid)
+        if result.verdict is not Verdict.UNKNOWN_CARD:
+            return result
+        log.info("%s unknown card number", s.tag)
+        await prompts.play(s.call, "invalid-card")
+    await prompts.play(s.call, "too-many-attempts")
+    return None
+
+
+async def _admit(s: AccessCall, result: LoginResult) -> Cardholder | None:
+    """Say why a card cannot call, or return its holder."""
+    verdict = result.verdict
+    if verdict is Verdict.LOCKED:
+        await prompts.play(s.call, "card-locked")
+        return None
+    if verdict is Verdict.EXPIRED:
+        await prompts.play(s.call, "card-expired")
+        return None
+    if verdict is Verdict.EMPTY:
+        assert result.holder is not None
+        await announce_balance(s, result.holder)
+        await prompts.play(s.call, "card-empty")
+        return None
+    if verdict is not Verdict.OK or result.holder is None:
+        await prompts.play(s.call, "invalid-card")
+        return None
+    log.info("%s card ...%s logged in", s.tag, result.holder.last4)
+    return result.holder
+
+
+async def announce_balance(s: AccessCall, holder: Cardholder) -> None:
+    await prompts.play(s.call, "your-balance-is")
+    await say_money(s.call, holder.available, holder.currency)
+
+
+async def calls_until_done(s: AccessCall) -> None:
+    assert s.holder is not None
+    await announce_balance(s, s.holder)
+    while True:
+        grant = await choose_destination(s)
+        if grant is None:
+            return
+        result = await dial(s, grant)
+        if s.call.hung_up:
+            return
+        await after_call(s, result)
+        s.holder = await asyncio.to_thread(login.holder, s.db, s.holder.card_id)
+        if s.holder.available <= 0:
+            await prompts.play(s.call, "card-empty")
+            return
+        choice = await prompts.ask(s.call, "another-call", 5000, 1)
+        if choice != "1":
+            return
+
+
+async def choose_destination(s: AccessCall) -> _Reserved | None:
+    """Ask for a number until one is rated and reserved; None after MAX_TRIES failures."""
+    assert s.holder is not None
+    for _ in range(MAX_TRIES):
+        typed = await prompts.ask(s.call, "enter-destination", DESTINATION_TIMEOUT_MS,
+                                  DESTINATION_MAX_DIGITS)
+        if not typed:
+            await prompts.play(s.call, "no-input")
+            continue
+        try:
+            number = normalise(typed, s.settings.default_region)
+        except InvalidNumber as exc:
+            log.info("%s invalid destination (%s)", s.tag, exc)
+            await prompts.play(s.call, "invalid-number")
+            continue
+        reserved = await reserve(s, number)
+        if isinstance(reserved, _Reserved):
+            return reserved
+        if reserved is Refusal.NO_RATE:
+            await prompts.play(s.call, "unknown-destination")
+        elif reserved is Refusal.INSUFFICIENT_FUNDS:
+            await prompts.play(s.call, "not-enough-balance")
+        else:  # the card or account was locked meanwhile
+            await prompts.play(s.call, "card-locked")
+            return None
+    await prompts.play(s.call, "too-many-attempts")
+    return None
+
+
+@dataclass(frozen=True)
+class _Reserved:
+    key: str
+    number: str
+    grant: Grant
+
+
+async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
+    """Hold what the balance buys for this destination and tell the caller the minutes.
+    The hold is released if anything (a hang-up) happens before dial() takes it over."""
+    assert s.holder is not None
+    s.attempts += 1
+    key = f"{s.call.env.uniqueid or 'call'}-{s.attempts}"
+    if s.controller:
+        s.controller.claim(key)
+    grant = await asyncio.to_thread(
+        s.ledger.authorize, number, card_id=s.holder.card_id, call_key=key,
+        channel=s.call.env.channel,
+    )
+    if not isinstance(grant, Grant):
+        _forget(s, key)
+        log.info("%s destination refused: %s", s.tag, grant.value)
+        return grant
+    reserved = _Reserved(key, number, grant)
+    try:
+        await prompts.play(s.call, "you-have")
+        await say_duration(s.call, grant.seconds, whole_minutes=grant.seconds >= 60)
+        await prompts.play(s.call, "for-this-call")
+    except BaseException:
+        await _release(s, reserved, "caller hung up before dial")
+        raise
+    return reserved
+
+
+async def dial(s: AccessCall, r: _Reserved) -> DialResult:
+    """Dial with Asterisk enforcing the grant, then settle or release exactly once."""
+    call, grant = s.call, r.grant
+    closed = dialled = False
+    try:
+        await prompts.play(call, "connecting")
+        if s.controller:
+            s.controller.track(LiveCall(r.key, call.env.uniqueid, call.env.channel,
+                                        grant.reservation_id, grant.seconds,
+                                        prompts.language(call)))
+        # From here a hang-up handler records the outcome in Asterisk (AstDB) unless we
+        # settle first: a call that outlives this server is still settled (ivr.calls).
+        await call.set_variable("IVR_SETTLED", "0")
+        await call.set_variable("IVR_CALL_KEY", r.key)
+        await call.set_variable("CHANNEL(hangup_handler_push)", "ivr-access-hangup,s,1")
+        await call.set_variable("TIMEOUT(absolute)",
+                                s.settings.dial_timeout + grant.seconds + BACKSTOP_MARGIN)
+        target = s.settings.trunk_dial.format(number=r.number)
+        log.info("%s dialling %s for up to %ss (reservation %s)", s.tag, r.number,
+                 grant.seconds, grant.reservation_id)
+        dialled = True
+        await call.exec("Dial", target, str(s.settings.dial_timeout),
+                        f"U(ivr-access-answered^{grant.seconds}^{r.key})")
+        status = await call.get_variable("DIALSTATUS", dead_ok=True) or "UNKNOWN"
+        record = await call.database_get(ASTDB_FAMILY, r.key)
+        outcome = CallOutcome.parse(record) if record else CallOutcome(status, 0)
+        billsec = outcome.billsec
+        s.outcomes.append(status)
+        settlement = None
+        if outcome.dial_status == "ANSWER":
+            settlement = await asyncio.to_thread(
+                s.ledger.settle, grant.reservation_id, billsec, uniqueid=r.key,
+                caller=s.callerid or "", hangup_cause=status,
+            )
+            log.info("%s call to %s: %ss, cost %s %s", s.tag, r.number, settlement.seconds,
+                     settlement.cost, grant.currency)
+        else:
+            await asyncio.to_thread(s.ledger.release, grant.reservation_id, uniqueid=r.key,
+                                    caller=s.callerid or "", hangup_cause=status)
+            log.info("%s call to %s not answered: %s", s.tag, r.number, status)
+        closed = True
+        await call.set_variable("IVR_SETTLED", "1", dead_ok=True)
+        await call.database_del(ASTDB_FAMILY, r.key)
+        if not call.hung_up:
+            await call.set_variable("TIMEOUT(absolute)", 0)
+        cut = settlement is not None and settlement.seconds >= grant.seconds
+        return DialResult(status, settlement, cut)
+    finally:
+        if not closed and not dialled:
+            await _release(s, r, "caller hung up before dial")
+        # Dialled but not settled here (the AGI connection broke): Asterisk's hang-up
+        # handler records the outcome and the recovery sweep settles it, once unclaimed.
+        _forget(s, r.key)
+
+
+async def after_call(s: AccessCall, result: DialResult) -> None:
+    """What happened, in the caller's ear: a failed dial's reason, or the cost."""
+    prompt = FAILED_DIAL_PROMPTS.get(result.status)
+    if result.settlement is None:
+        await prompts.play(s.call, prompt or "call-failed")
+        return
+    if result.cut_at_limit:
+        await prompts.play(s.call, "time-up")
+    assert s.holder is not None
+    await prompts.play(s.call, "call-cost")
+    await say_money(s.call, result.settlement.cost, s.holder.currency)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+async def _release(s: AccessCall, r: _Reserved, why: str) -> None:
+    """Free the hold of a call that never reached Dial."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(asyncio.to_thread(_release_unless_dialled, s, r, why))
+
+
+def _release_unless_dialled(s: AccessCall, r: _Reserved, why: str) -> None:
+    s.ledger.release(r.grant.reservation_id, uniqueid=r.key, caller=s.callerid or "",
+                     hangup_cause=why)
+
+
+def _forget(s: AccessCall, key: str) -> None:
+    if s.controller:
+        s.controller.done(key)
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.strip().isdigit() else None
+
+
+def _last4(result: LoginResult) -> str:
+    return result.holder.last4 if result.holder else "????"
+

@@ -1,0 +1,185 @@
+"""Who is calling: a card recognised by caller ID (pinless), or a card number and PIN.
+
+Blocking functions, one transaction each; the access flow runs them in a worker thread.
+Guessing is slowed twice: consecutive wrong PINs lock the card (``pin_max_failures``), and
+wrong PINs or card numbers from one caller ID, on any cards, are counted in
+``auth_failures``; past ``callerid_max_failures`` within ``callerid_failure_window``
+seconds that caller ID is refused until the window has passed. Neither card numbers nor
+PINs are logged: a card appears in logs as its last four digits.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from .accounts import check_pin
+from .db import Database
+from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
+
+log = logging.getLogger("ivr.login")
+
+ANONYMOUS = "anonymous"
+
+
+class Verdict(enum.StrEnum):
+    OK = "ok"
+    UNKNOWN_CARD = "unknown_card"
+    WRONG_PIN = "wrong_pin"
+    LOCKED = "locked"  # by wrong PINs or an operator; blocked cards too
+    EXPIRED = "expired"
+    EMPTY = "empty"  # logged in, but nothing left to call with
+    THROTTLED = "throttled"  # too many failures from this caller ID
+
+
+@dataclass(frozen=True)
+class Cardholder:
+    """A logged-in card, with what its account can spend now."""
+
+    card_id: int
+    account_id: int
+    last4: str
+    available: Decimal  # balance less what live calls hold
+    currency: str
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    verdict: Verdict
+    card_id: int | None = None
+    holder: Cardholder | None = None  # set when the card may be used (OK or EMPTY)
+
+
+@dataclass(frozen=True)
+class LoginPolicy:
+    pin_max_failures: int = 5
+    callerid_max_failures: int = 10
+    callerid_failure_window: int = 3600  # seconds
+
+    @classmethod
+    def from_settings(cls, settings: object) -> LoginPolicy:
+        return cls(
+            settings.pin_max_failures,  # type: ignore[attr-defined]
+            settings.callerid_max_failures,  # type: ignore[attr-defined]
+            settings.callerid_failure_window,  # type: ignore[attr-defined]
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def pinless(
+    db: Database, callerid: str | None, *, today: datetime | None = None
+) -> LoginResult | None:
+    """The card registered to this caller ID (E.164 digits), or None."""
+    if not callerid:
+        return None
+    with db.transaction() as s:
+        card = s.scalar(select(Card).where(Card.callerid == callerid))
+        if card is None:
+            return None
+        return _usable(s, card, (today or _now()).date())
+
+
+def throttled(db: Database, callerid: str | None, policy: LoginPolicy,
+              *, now: datetime | None = None) -> bool:
+    """Too many failed log-ins from this caller ID lately."""
+    now = now or _now()
+    since = now - timedelta(seconds=policy.callerid_failure_window)
+    with db.transaction() as s:
+        count = s.scalar(
+            select(func.count(AuthFailure.id)).where(
+                AuthFailure.callerid == (callerid or ANONYMOUS), AuthFailure.at > since
+            )
+        )
+    return bool(count and count >= policy.callerid_max_failures)
+
+
+def find_card(db: Database, number: str, callerid: str | None,
+              *, now: datetime | None = None) -> LoginResult:
+    """Look a typed card number up; an unknown one counts as a failure of the caller ID."""
+    now = now or _now()
+    with db.transaction() as s:
+        card = s.scalar(select(Card).where(Card.number == number)) if number else None
+        if card is None:
+            _record_failure(s, callerid, None, now)
+            return LoginResult(Verdict.UNKNOWN_CARD)
+        state = _card_state(s, card, now.date())
+        return LoginResult(state or Verdict.OK, card.id)
+
+
+def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, policy: LoginPolicy,
+               *, now: datetime | None = None) -> LoginResult:
+    """Check a PIN. A wrong one counts against the card and the caller ID; a right one
+    resets the card's count."""
+    now = now or _now()
+    with db.transaction() as s:
+        card = s.get(Card, card_id)
+        if card is None:
+            return LoginResult(Verdict.UNKNOWN_CARD)
+        state = _card_state(s, card, now.date())
+        if state is not None:
+            return LoginResult(state, card.id)
+        if not check_pin(s, card, pin, policy.pin_max_failures):  # counts, may lock
+            _record_failure(s, callerid, card.id, now)
+            if card.status is CardStatus.LOCKED:
+                log.warning("card ...%s locked after %d wrong PINs", card.number[-4:],
+                            card.failed_pins)
+                return LoginResult(Verdict.LOCKED, card.id)
+            return LoginResult(Verdict.WRONG_PIN, card.id)
+        return _usable(s, card, now.date())
+
+
+def holder(db: Database, card_id: int) -> Cardholder:
+    """The card's account as it is now (after a call, for the new balance)."""
+    with db.transaction() as s:
+        card = s.get(Card, card_id)
+        if card is None:
+            raise LookupError(f"no card {card_id}")
+        return _holder(card, card.account)
+
+
+def forget_failures(db: Database, older_than: datetime) -> int:
+    """Housekeeping: drop failure records past any window."""
+    with db.transaction() as s:
+        result = s.execute(delete(AuthFailure).where(AuthFailure.at < older_than))
+        return int(result.rowcount or 0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _card_state(s: Session, card: Card, today: object) -> Verdict | None:
+    """Why a card cannot log in, or None."""
+    if card.status in (CardStatus.LOCKED, CardStatus.BLOCKED):
+        return Verdict.LOCKED
+    if card.status is CardStatus.EXPIRED or (card.expires_on and card.expires_on < today):
+        return Verdict.EXPIRED
+    if card.account.status is not AccountStatus.ACTIVE:
+        return Verdict.LOCKED
+    return None
+
+
+def _usable(s: Session, card: Card, today: object) -> LoginResult:
+    state = _card_state(s, card, today)
+    if state is not None:
+        return LoginResult(state, card.id)
+    info = _holder(card, card.account)
+    return LoginResult(Verdict.OK if info.available > 0 else Verdict.EMPTY, card.id, info)
+
+
+def _holder(card: Card, account: Account) -> Cardholder:
+    return Cardholder(card.id, account.id, card.number[-4:], account.balance - account.reserved,
+                      account.currency)
+
+
+def _record_failure(s: Session, callerid: str | None, card_id: int | None,
+                    now: datetime) -> None:
+    s.add(AuthFailure(callerid=callerid or ANONYMOUS, card_id=card_id, at=now))
