@@ -34,7 +34,7 @@ log = logging.getLogger("ivr.calls")
 
 ASTDB_FAMILY = "ivr-calls"
 WHISPER_CHANNEL = "Local/s@ivr-whisper/n"
-MIN_WARNING_GAP = 3  # seconds: no first warning this close to the last one
+MIN_WARNING_GAP = 9  # seconds: the first warning is spoken before the last one starts
 
 
 @dataclass
@@ -289,7 +289,9 @@ class CallController:
     async def _astdb_get(self, key: str) -> str | None:
         assert self.ami is not None
         try:
-            reply = await self.ami.action("DBGet", Family=ASTDB_FAMILY, Key=key, as_list=True)
+            # as_list left to panoramisk: a hit is an event list, a miss a plain Error
+            # (as_list=True would wait for a list that never comes).
+            reply = await self.ami.action("DBGet", Family=ASTDB_FAMILY, Key=key)
         except AmiError as exc:
             if "not found" in str(exc).lower():
                 return None

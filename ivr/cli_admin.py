@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from .config import Settings
 from .db import Database, DatabaseUnavailable, MoneyPrecisionError
@@ -257,17 +258,48 @@ def cmd_cards(settings: Settings, args: argparse.Namespace) -> int:
     with db.transaction() as s:
         if args.action == "show":
             card = find_card(s, args.card)
+        elif args.action == "set-callerid":
+            card = _set_callerid(s, find_card(s, args.card), args, settings.default_region)
         else:
             status = CardStatus.LOCKED if args.action == "lock" else CardStatus.ACTIVE
             card = set_card_status(s, args.card, status)
         account = card.account
         data = _card_dict(card) | {"account": account.number,
                                    "balance": display(account.balance),
-                                   "currency": account.currency}
-        _emit(args, data, f"card ...{card.number[-4:]} {card.status.value}, account "
-                          f"{account.number} balance {display(account.balance)} "
-                          f"{account.currency}")
+                                   "currency": account.currency,
+                                   "callerid": card.callerid}
+        text = (f"card ...{card.number[-4:]} {card.status.value}, account "
+                f"{account.number} balance {display(account.balance)} {account.currency}")
+        if args.action == "set-callerid":
+            text = (f"card ...{card.number[-4:]}: pinless log-in from caller ID "
+                    f"{card.callerid}" if card.callerid else
+                    f"card ...{card.number[-4:]}: no caller ID registered (PIN log-in only)")
+        _emit(args, data, text)
     return 0
+
+
+def _set_callerid(s: Session, card: Card, args: argparse.Namespace, region: str) -> Card:
+    """Register (or with --clear, remove) the caller ID a card logs in from without a PIN."""
+    from .numbers import normalise_callerid
+
+    if args.clear:
+        if args.callerid:
+            raise CommandError("give a caller ID or --clear, not both")
+        card.callerid = None
+        return card
+    if not args.callerid:
+        raise CommandError("give the caller ID to register, or --clear to remove it")
+    callerid = normalise_callerid(args.callerid, region)
+    if callerid is None:
+        raise CommandError(f"not a caller ID: {args.callerid!r} (a telephone number, as "
+                           f"dialled in {region} or with a leading +)")
+    other = s.scalar(select(Card).where(Card.callerid == callerid, Card.id != card.id))
+    if other is not None:
+        raise CommandError(f"caller ID {callerid} is already registered to card "
+                           f"{other.number}; clear it there first (ivr cards set-callerid "
+                           f"{other.number} --clear)")
+    card.callerid = callerid
+    return card
 
 
 # --------------------------------------------------------------------------- parser
@@ -356,6 +388,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p = with_json(cards.add_parser(name))
         p.add_argument("card")
         p.set_defaults(func=cmd_cards)
+    p = with_json(cards.add_parser(
+        "set-callerid", help="register the caller ID a card logs in from without its PIN"))
+    p.add_argument("card")
+    p.add_argument("callerid", nargs="?",
+                   help="telephone number, national (default_region) or +international")
+    p.add_argument("--clear", action="store_true", help="remove the card's caller ID")
+    p.set_defaults(func=cmd_cards)
 
 
 def run_admin(func: Any, settings: Settings, args: argparse.Namespace) -> int:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import phonenumbers
 
-MAX_DIGITS = 20  # longest entry read from the keypad (E.164 allows 15 digits)
+MAX_DIGITS = 20  # longest entry read from the keypad
+E164_MAX_DIGITS = 15  # country code included (ITU-T E.164)
 
 
 class InvalidNumber(ValueError):
@@ -31,24 +32,41 @@ def normalise(typed: str, region: str = "US") -> str:
     ``typed`` may start with the region's international prefix (``011`` in the US,
     ``00`` in most of the world) or be a national number.
     """
-    digits = keypad_digits(typed)
+    return _e164(keypad_digits(typed), region)
+
+
+def normalise_callerid(callerid: str | None, region: str = "US") -> str | None:
+    """The E.164 digits of a caller ID, or None when it is withheld or not a number.
+
+    Unlike a keypad, a caller ID may come in international form (``+442079460000``):
+    its ``+`` is honoured, so a foreign caller ID is never read as a national number of
+    ``region``.
+    """
+    raw = (callerid or "").strip()
+    try:
+        return _e164(keypad_digits(raw), region, international=raw.startswith("+"))
+    except InvalidNumber:
+        return None
+
+
+def _e164(digits: str, region: str, *, international: bool = False) -> str:
     if not digits:
         raise InvalidNumber("no digits")
     if len(digits) > MAX_DIGITS:
         raise InvalidNumber(f"{len(digits)} digits is too long")
     try:
-        parsed = phonenumbers.parse(digits, region.upper())
+        parsed = phonenumbers.parse(("+" if international else "") + digits, region.upper())
     except phonenumbers.NumberParseException as exc:
         raise InvalidNumber(str(exc)) from None
-    if not phonenumbers.is_possible_number(parsed):
+    # IS_POSSIBLE only: a number possible for local dialling alone (a US 7-digit number)
+    # has no E.164 form, since its area code is missing.
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason != phonenumbers.ValidationResult.IS_POSSIBLE:
         raise InvalidNumber(f"not a possible number in country code {parsed.country_code}")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return e164.removeprefix("+")
-
-
-def normalise_callerid(callerid: str | None, region: str = "US") -> str | None:
-    """The E.164 digits of a caller ID, or None when it is withheld or not a number."""
-    try:
-        return normalise(callerid or "", region)
-    except InvalidNumber:
-        return None
+    e164 = e164.removeprefix("+")
+    # The library's metadata allows some national numbers (extension dialling in DE, JP,
+    # ...) past E.164's length; no international trunk takes them.
+    if len(e164) > E164_MAX_DIGITS:
+        raise InvalidNumber(f"{len(e164)} digits is longer than E.164 allows")
+    return e164

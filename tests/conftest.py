@@ -35,9 +35,18 @@ def _required() -> list[str]:
     return [m.strip() for m in raw.split(",") if m.strip()]
 
 
+# Each test's real markers (report.keywords also holds parameter ids, so a test
+# parametrized with the value "asterisk" would look marked).
+_markers_of: dict[str, set[str]] = {}
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    _markers_of[item.nodeid] = {m.name for m in item.iter_markers()}
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     for marker in REAL_MARKERS:
-        if marker not in report.keywords:
+        if marker not in _markers_of.get(report.nodeid, set()):
             continue
         if report.skipped:
             _counts[marker]["skipped"] += 1

@@ -43,15 +43,6 @@ DESTINATION_MAX_DIGITS = 20
 DESTINATION_TIMEOUT_MS = 10_000
 BACKSTOP_MARGIN = 30  # seconds beyond ring time + grant for the caller channel's limit
 
-# DIALSTATUS -> the prompt the caller hears; none of these costs anything.
-FAILED_DIAL_PROMPTS = {
-    "BUSY": "busy",
-    "NOANSWER": "no-answer",
-    "CONGESTION": "congestion",
-    "CHANUNAVAIL": "congestion",
-}
-
-
 @dataclass
 class AccessCall:
     """One caller's session on the access line."""
@@ -342,15 +333,26 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
 
 async def after_call(s: AccessCall, result: DialResult) -> None:
     """What happened, in the caller's ear: a failed dial's reason, or the cost."""
-    prompt = FAILED_DIAL_PROMPTS.get(result.status)
     if result.settlement is None:
-        await prompts.play(s.call, prompt or "call-failed")
+        await say_dial_failure(s.call, result.status)
         return
     if result.cut_at_limit:
         await prompts.play(s.call, "time-up")
     assert s.holder is not None
     await prompts.play(s.call, "call-cost")
     await say_money(s.call, result.settlement.cost, s.holder.currency)
+
+
+async def say_dial_failure(call: AgiSession, status: str) -> None:
+    """BUSY, NOANSWER, CONGESTION and CHANUNAVAIL each have their prompt."""
+    if status == "BUSY":
+        await prompts.play(call, "busy")
+    elif status == "NOANSWER":
+        await prompts.play(call, "no-answer")
+    elif status in ("CONGESTION", "CHANUNAVAIL"):
+        await prompts.play(call, "congestion")
+    else:
+        await prompts.play(call, "call-failed")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -12,13 +12,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from sqlalchemy import select
+
 from ..accounts import create_account, issue_cards
 from ..agi import AgiServer
 from ..calls import CallController
 from ..config import Settings
 from ..db import Database
-from ..db.models import Card
-from ..ledger import Ledger
+from ..db.models import Account, Card, Cdr, LedgerEntry, Reservation, ReservationStatus
+from ..ledger import Ledger, ledger_sum
 from ..rates_store import create_plan, import_rows
 from ..rating import RateRow
 from .phone import Call, SeenCommand
@@ -57,8 +59,6 @@ def new_card(db: Database, balance: Decimal, *, plan: str = PLAN, account: str |
     with tempfile.TemporaryDirectory() as tmp:
         issued = issue_cards(db, plan, 1, balance, Path(tmp) / "cards.csv", account=account)[0]
     with db.transaction() as s:
-        from sqlalchemy import select
-
         card = s.scalar(select(Card).where(Card.number == issued.number))
         assert card is not None
         if callerid:
@@ -141,5 +141,34 @@ class AccessLine:
 
     def card(self, balance: str, **kwargs: object) -> CardInHand:
         return new_card(self.db, Decimal(balance), **kwargs)  # type: ignore[arg-type]
+
+
+
+
+def account_state(
+    line: AccessLine | Database, number: str
+) -> tuple[Decimal, Decimal, list[LedgerEntry]]:
+    """Balance, reserved and ledger entries; checks the ledger sums to the balance."""
+    db = line.db if isinstance(line, AccessLine) else line
+    with db.transaction() as s:
+        account = s.scalar(select(Account).where(Account.number == number))
+        assert account is not None
+        entries = list(s.scalars(select(LedgerEntry).where(LedgerEntry.account_id == account.id)
+                                 .order_by(LedgerEntry.id)))
+        assert ledger_sum(s, account.id) == account.balance
+        return account.balance, account.reserved, entries
+
+
+def cdrs(line: AccessLine | Database) -> list[Cdr]:
+    db = line.db if isinstance(line, AccessLine) else line
+    with db.transaction() as s:
+        return list(s.scalars(select(Cdr).order_by(Cdr.id)))
+
+
+def open_reservations(line: AccessLine | Database) -> list[Reservation]:
+    db = line.db if isinstance(line, AccessLine) else line
+    with db.transaction() as s:
+        return list(s.scalars(select(Reservation).where(
+            Reservation.status == ReservationStatus.ACTIVE)))
 
 

@@ -103,3 +103,53 @@ def test_astpp_deck_import(ivr):
                        "--seconds", "60", "--json"))
     assert (q["prefix"], q["destination"], q["cost"]) == ("9375", "Afghanistan Cellular-AT",
                                                           "0.2204")
+
+
+def test_cards_set_callerid(ivr, tmp_path, monkeypatch):
+    from ivr import login
+    from ivr.db import Database
+
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("cards", "issue", "--plan", "retail", "--count", "2", "--balance", "3",
+        "--out", "cards.csv")
+    first, second = (r["card_number"] for r in csv.DictReader((tmp_path / "cards.csv").open()))
+
+    # Normalised as dialled in the default region (US): national, 1+10, or +international.
+    out = json.loads(ivr("cards", "set-callerid", first, "(212) 555-1234", "--json"))
+    assert (out["card"], out["callerid"]) == (first, "12125551234")
+    text = ivr("cards", "set-callerid", first, "+1 212 555 1234")  # again: harmless
+    assert text.strip() == f"card ...{first[-4:]}: pinless log-in from caller ID 12125551234"
+    assert json.loads(ivr("cards", "show", first, "--json"))["callerid"] == "12125551234"
+    db = Database(f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    try:
+        result = login.pinless(db, "12125551234")
+        assert result is not None and result.verdict is login.Verdict.OK
+        assert result.holder is not None and result.holder.last4 == first[-4:]
+
+        # One caller ID, one card: refused in a clear line, nothing changed.
+        err = ivr("cards", "set-callerid", second, "2125551234", expect=1)
+        assert err.count("\n") == 1 and "already registered" in err and first in err
+        assert json.loads(ivr("cards", "show", second, "--json"))["callerid"] is None
+        for bad in ("anonymous", "555", "5551234"):
+            assert "not a caller ID" in ivr("cards", "set-callerid", second, bad, expect=1)
+        assert "--clear" in ivr("cards", "set-callerid", second, expect=1)
+        assert "not both" in ivr("cards", "set-callerid", first, "2125551234", "--clear",
+                                 expect=1)
+        assert "no card ending 0000" in ivr("cards", "set-callerid", "999990000",
+                                            "2125551234", expect=1)
+
+        # Cleared, it may go to the other card; a foreign caller ID keeps its country.
+        out = json.loads(ivr("cards", "set-callerid", first, "--clear", "--json"))
+        assert out["callerid"] is None
+        assert "PIN log-in only" in ivr("cards", "set-callerid", first, "--clear")
+        assert login.pinless(db, "12125551234") is None
+        ivr("cards", "set-callerid", second, "2125551234")
+        assert json.loads(ivr("cards", "set-callerid", first, "+44 20 7946 0000",
+                              "--json"))["callerid"] == "442079460000"
+        monkeypatch.setenv("IVR_DEFAULT_REGION", "GB")
+        err = ivr("cards", "set-callerid", second, "020 7946 0000", expect=1)
+        assert "442079460000 is already registered" in err
+        out = json.loads(ivr("cards", "set-callerid", second, "020 7946 0001", "--json"))
+        assert out["callerid"] == "442079460001"
+    finally:
+        db.dispose()

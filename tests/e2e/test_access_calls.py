@@ -6,35 +6,12 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
 
-from ivr.db.models import Account, Cdr, EntryKind, LedgerEntry, Reservation, ReservationStatus
-from ivr.ledger import ledger_sum
-from ivr.testing.access import AccessLine, Caller
+from ivr.db.models import EntryKind
+from ivr.testing.access import AccessLine, Caller, account_state, cdrs, open_reservations
 from ivr.testing.phone import Phone
 
 pytestmark = pytest.mark.asterisk
-
-
-def account_state(line: AccessLine, number: str) -> tuple[Decimal, Decimal, list[LedgerEntry]]:
-    with line.db.transaction() as s:
-        account = s.scalar(select(Account).where(Account.number == number))
-        assert account is not None
-        entries = list(s.scalars(select(LedgerEntry).where(LedgerEntry.account_id == account.id)
-                                 .order_by(LedgerEntry.id)))
-        assert ledger_sum(s, account.id) == account.balance
-        return account.balance, account.reserved, entries
-
-
-def cdrs(line: AccessLine) -> list[Cdr]:
-    with line.db.transaction() as s:
-        return list(s.scalars(select(Cdr).order_by(Cdr.id)))
-
-
-def open_reservations(line: AccessLine) -> list[Reservation]:
-    with line.db.transaction() as s:
-        return list(s.scalars(select(Reservation).where(
-            Reservation.status == ReservationStatus.ACTIVE)))
 
 
 async def test_call_of_known_length_is_charged_exactly(access_line: AccessLine, phone: Phone):
@@ -63,3 +40,52 @@ async def test_call_of_known_length_is_charged_exactly(access_line: AccessLine, 
     assert cdr.answered_at is not None or cdr.hangup_cause == "ANSWER"
     assert not open_reservations(access_line)
     assert access_line.server.stats.failed == 0
+
+
+async def test_failed_dials_cost_nothing_and_the_caller_dials_again(
+    access_line: AccessLine, phone: Phone
+):
+    card = access_line.card("2.00")
+    call = await phone.call("ivr-access", callerid="15550002222")
+    caller = Caller(call)
+    await caller.log_in(card)
+    # The test trunk: 999 9.. busy, 999 8.. rings (4 s dial timeout), 999 7.. congested,
+    # 999 5.. unavailable. Each failure has its prompt and the caller may dial again.
+    for digits, prompt in (("9999001234", "busy"), ("9998001234", "no-answer"),
+                           ("9997001234", "congestion"), ("9995001234", "congestion")):
+        await caller.dial(digits)
+        await caller.wait_prompt(prompt)
+        await caller.answer("another-call", "1")
+    await caller.wait_prompt("enter-destination")
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+
+    balance, reserved, entries = account_state(access_line, card.account)
+    assert balance == Decimal("2.00") and reserved == 0
+    assert [e.kind for e in entries] == [EntryKind.TOPUP]
+    records = cdrs(access_line)
+    assert [c.hangup_cause for c in records] == ["BUSY", "NOANSWER", "CONGESTION", "CHANUNAVAIL"]
+    assert all(c.cost == 0 and c.billable_seconds == 0 for c in records)
+    assert not open_reservations(access_line)
+
+
+async def test_unknown_and_invalid_destinations_get_another_try(
+    access_line: AccessLine, phone: Phone
+):
+    card = access_line.card("2.00")
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.log_in(card)
+    await caller.dial("01133123456789")  # France: not in the deck
+    await caller.wait_prompt("unknown-destination")
+    await caller.dial("12")  # not a possible number
+    await caller.wait_prompt("invalid-number")
+    await caller.dial("9996021234")  # a 2-second call
+    await caller.wait_prompt("call-cost")
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    balance, _, _ = account_state(access_line, card.account)
+    assert balance == Decimal("1.98")
+    assert [c.destination for c in cdrs(access_line)] == ["19996021234"]

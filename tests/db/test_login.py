@@ -1,0 +1,309 @@
+"""Logging in on the access line (ivr.login) on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from ivr import login
+from ivr.db import Database
+from ivr.db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
+from ivr.ledger import Grant, Ledger
+from ivr.login import ANONYMOUS, Cardholder, LoginPolicy, Verdict
+from ivr.testing.access import CardInHand, create_test_plan, new_card
+
+NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
+CALLER = "12125551234"
+POLICY = LoginPolicy(pin_max_failures=3, callerid_max_failures=4, callerid_failure_window=600)
+
+
+@pytest.fixture
+def plan(db: Database) -> Database:
+    create_test_plan(db)
+    return db
+
+
+def wrong(card: CardInHand) -> str:
+    return "9" * len(card.pin) if card.pin != "9" * len(card.pin) else "1" * len(card.pin)
+
+
+def set_card(db: Database, card: CardInHand, **values: object) -> None:
+    with db.transaction() as s:
+        row = s.get(Card, card.card_id)
+        assert row is not None
+        for name, value in values.items():
+            setattr(row, name, value)
+
+
+def card_row(db: Database, card: CardInHand) -> tuple[CardStatus, int]:
+    with db.transaction() as s:
+        row = s.get(Card, card.card_id)
+        assert row is not None
+        return row.status, row.failed_pins
+
+
+def failures(db: Database) -> list[tuple[str, int | None]]:
+    with db.transaction() as s:
+        return [(f.callerid, f.card_id)
+                for f in s.scalars(select(AuthFailure).order_by(AuthFailure.id))]
+
+
+# --------------------------------------------------------------------------- pinless
+
+
+def test_pinless_by_registered_callerid(plan: Database):
+    card = new_card(plan, Decimal("5.00"), callerid=CALLER)
+    new_card(plan, Decimal("1.00"), callerid="12125550000")  # someone else's
+    result = login.pinless(plan, CALLER)
+    assert result is not None
+    assert (result.verdict, result.card_id) == (Verdict.OK, card.card_id)
+    assert result.holder is not None
+    assert result.holder.card_id == card.card_id
+    assert result.holder.last4 == card.number[-4:]
+    assert (result.holder.available, result.holder.currency) == (Decimal("5.00"), "USD")
+    with plan.transaction() as s:
+        account = s.scalar(select(Account).where(Account.number == card.account))
+        assert account is not None and result.holder.account_id == account.id
+    assert failures(plan) == []
+
+
+@pytest.mark.parametrize("callerid", [None, "", "13105550000"])
+def test_pinless_unknown_callerid_is_none(plan: Database, callerid: str | None):
+    new_card(plan, Decimal("5.00"), callerid=CALLER)
+    new_card(plan, Decimal("5.00"))  # no caller ID registered
+    assert login.pinless(plan, callerid) is None
+    assert failures(plan) == []  # not a failed log-in: the caller is asked for a card
+
+
+def test_pinless_card_that_cannot_call(plan: Database):
+    card = new_card(plan, Decimal("5.00"), callerid=CALLER)
+    set_card(plan, card, status=CardStatus.LOCKED)
+    result = login.pinless(plan, CALLER)
+    assert result is not None
+    assert (result.verdict, result.card_id, result.holder) == (Verdict.LOCKED, card.card_id, None)
+    set_card(plan, card, status=CardStatus.ACTIVE, expires_on=date(2026, 11, 17))
+    result = login.pinless(plan, CALLER, today=NOW)
+    assert result is not None and result.verdict is Verdict.EXPIRED
+
+
+def test_pinless_empty_card_comes_with_its_holder(plan: Database):
+    card = new_card(plan, Decimal("0"), callerid=CALLER)
+    result = login.pinless(plan, CALLER)
+    assert result is not None and result.verdict is Verdict.EMPTY
+    assert result.holder is not None and result.holder.available == 0
+    assert result.holder.card_id == card.card_id
+
+
+# --------------------------------------------------------------------------- card number
+
+
+def test_find_card(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+    result = login.find_card(plan, card.number, CALLER, now=NOW)
+    assert (result.verdict, result.card_id, result.holder) == (Verdict.OK, card.card_id, None)
+    assert failures(plan) == []
+
+
+def test_unknown_card_number_is_a_failure_of_the_callerid(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+    other = card.number[:-1] + str((int(card.number[-1]) + 1) % 10)
+    result = login.find_card(plan, other, CALLER, now=NOW)
+    assert (result.verdict, result.card_id) == (Verdict.UNKNOWN_CARD, None)
+    assert login.find_card(plan, "", None, now=NOW).verdict is Verdict.UNKNOWN_CARD
+    assert failures(plan) == [(CALLER, None), (ANONYMOUS, None)]
+    assert card_row(plan, card) == (CardStatus.ACTIVE, 0)  # no card was guessed at
+
+
+# --------------------------------------------------------------------------- PIN
+
+
+def test_right_pin(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.card_id) == (Verdict.OK, card.card_id)
+    assert isinstance(result.holder, Cardholder)
+    assert result.holder.available == Decimal("5.00")
+    assert failures(plan) == []
+
+
+def test_consecutive_wrong_pins_lock_the_card(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+    verdicts = [login.verify_pin(plan, card.card_id, wrong(card), CALLER, POLICY, now=NOW).verdict
+                for _ in range(POLICY.pin_max_failures)]
+    assert verdicts == [Verdict.WRONG_PIN, Verdict.WRONG_PIN, Verdict.LOCKED]
+    assert card_row(plan, card) == (CardStatus.LOCKED, 3)
+    # Locked: even the right PIN is refused, and no more failures are counted.
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.holder) == (Verdict.LOCKED, None)
+    assert login.find_card(plan, card.number, CALLER, now=NOW).verdict is Verdict.LOCKED
+    assert failures(plan) == [(CALLER, card.card_id)] * 3
+    assert card_row(plan, card) == (CardStatus.LOCKED, 3)
+
+
+def test_a_right_pin_resets_the_count(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+
+    def attempt(pin: str) -> Verdict:
+        return login.verify_pin(plan, card.card_id, pin, CALLER, POLICY, now=NOW).verdict
+
+    assert [attempt(wrong(card)), attempt(wrong(card))] == [Verdict.WRONG_PIN] * 2
+    assert card_row(plan, card) == (CardStatus.ACTIVE, 2)
+    assert attempt(card.pin) is Verdict.OK
+    assert card_row(plan, card) == (CardStatus.ACTIVE, 0)
+    assert [attempt(wrong(card)), attempt(wrong(card))] == [Verdict.WRONG_PIN] * 2
+    assert card_row(plan, card) == (CardStatus.ACTIVE, 2)
+    assert attempt(wrong(card)) is Verdict.LOCKED
+    # The caller ID's count is not reset by a right PIN.
+    assert len(failures(plan)) == 5
+
+
+def test_wrong_pins_on_two_cards_count_per_card(plan: Database):
+    a, b = new_card(plan, Decimal("1")), new_card(plan, Decimal("1"))
+    for card in (a, b, a, b):
+        login.verify_pin(plan, card.card_id, wrong(card), "13105550000", POLICY, now=NOW)
+    assert card_row(plan, a) == card_row(plan, b) == (CardStatus.ACTIVE, 2)
+
+
+def test_verify_pin_of_no_card(plan: Database):
+    result = login.verify_pin(plan, 999_999, "1234", CALLER, POLICY, now=NOW)
+    assert result.verdict is Verdict.UNKNOWN_CARD
+
+
+@pytest.mark.parametrize(
+    ("values", "verdict"),
+    [
+        ({"status": CardStatus.LOCKED}, Verdict.LOCKED),
+        ({"status": CardStatus.BLOCKED}, Verdict.LOCKED),
+        ({"status": CardStatus.EXPIRED}, Verdict.EXPIRED),
+        ({"expires_on": date(2026, 11, 17)}, Verdict.EXPIRED),  # yesterday
+    ],
+)
+def test_cards_that_cannot_log_in(plan: Database, values: dict, verdict: Verdict):
+    card = new_card(plan, Decimal("5.00"))
+    set_card(plan, card, **values)
+    found = login.find_card(plan, card.number, CALLER, now=NOW)
+    assert (found.verdict, found.card_id) == (verdict, card.card_id)
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.card_id, result.holder) == (verdict, card.card_id, None)
+    # A wrong PIN on such a card is not even checked.
+    login.verify_pin(plan, card.card_id, wrong(card), CALLER, POLICY, now=NOW)
+    assert card_row(plan, card)[1] == 0
+    assert failures(plan) == []
+
+
+def test_card_expiring_today_still_works(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+    set_card(plan, card, expires_on=NOW.date())
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
+    assert result.verdict is Verdict.OK
+
+
+@pytest.mark.parametrize("status", [AccountStatus.SUSPENDED, AccountStatus.CLOSED])
+def test_card_of_an_inactive_account_is_locked(plan: Database, status: AccountStatus):
+    card = new_card(plan, Decimal("5.00"), callerid=CALLER)
+    with plan.transaction() as s:
+        account = s.scalar(select(Account).where(Account.number == card.account))
+        assert account is not None
+        account.status = status
+    assert login.find_card(plan, card.number, CALLER, now=NOW).verdict is Verdict.LOCKED
+    pinless = login.pinless(plan, CALLER)
+    assert pinless is not None and pinless.verdict is Verdict.LOCKED
+
+
+def test_empty_balance_logs_in_as_empty_with_holder(plan: Database):
+    card = new_card(plan, Decimal("0"))
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.card_id) == (Verdict.EMPTY, card.card_id)
+    assert result.holder is not None
+    assert (result.holder.available, result.holder.currency) == (Decimal("0"), "USD")
+
+
+def test_balance_held_by_live_calls_is_not_available(plan: Database):
+    card = new_card(plan, Decimal("0.05"))
+    other = new_card(plan, Decimal("0"), account=card.account)  # the same account
+    grant = Ledger(plan).authorize("12125550000", card_id=card.card_id, call_key="k-1")
+    assert isinstance(grant, Grant) and grant.amount == Decimal("0.05")  # 5 s at 0.01/s
+    result = login.verify_pin(plan, other.card_id, other.pin, CALLER, POLICY, now=NOW)
+    assert result.verdict is Verdict.EMPTY
+    assert result.holder is not None and result.holder.available == 0
+    Ledger(plan).release(grant.reservation_id)
+    assert login.holder(plan, other.card_id).available == Decimal("0.05")
+
+
+# --------------------------------------------------------------------------- throttling
+
+
+def test_throttled_after_failures_on_different_cards_within_the_window(plan: Database):
+    a, b = new_card(plan, Decimal("1")), new_card(plan, Decimal("1"))
+    t = NOW
+    login.verify_pin(plan, a.card_id, wrong(a), CALLER, POLICY, now=t)
+    login.verify_pin(plan, b.card_id, wrong(b), CALLER, POLICY, now=t + timedelta(seconds=10))
+    login.find_card(plan, "000000000000", CALLER, now=t + timedelta(seconds=20))
+    assert not login.throttled(plan, CALLER, POLICY, now=t + timedelta(seconds=30))
+    login.verify_pin(plan, a.card_id, wrong(a), CALLER, POLICY, now=t + timedelta(seconds=40))
+    assert len(failures(plan)) == POLICY.callerid_max_failures
+    assert card_row(plan, a) == (CardStatus.ACTIVE, 2)  # no card was locked on the way
+    assert login.throttled(plan, CALLER, POLICY, now=t + timedelta(seconds=41))
+    # Until the window has passed since the failures: the oldest drops out first.
+    window = timedelta(seconds=POLICY.callerid_failure_window)
+    assert login.throttled(plan, CALLER, POLICY, now=t + window - timedelta(seconds=1))
+    assert not login.throttled(plan, CALLER, POLICY, now=t + window + timedelta(seconds=1))
+    assert not login.throttled(plan, CALLER, POLICY,
+                               now=t + window + timedelta(seconds=41))
+    # Other caller IDs, and withheld ones, are not affected.
+    assert not login.throttled(plan, "13105550000", POLICY, now=t + timedelta(seconds=41))
+    assert not login.throttled(plan, None, POLICY, now=t + timedelta(seconds=41))
+
+
+def test_anonymous_callers_share_one_bucket(plan: Database):
+    card = new_card(plan, Decimal("1"))
+    login.find_card(plan, "000000000001", None, now=NOW)
+    login.find_card(plan, "000000000002", "", now=NOW)
+    login.verify_pin(plan, card.card_id, wrong(card), None, POLICY, now=NOW)
+    assert not login.throttled(plan, None, POLICY, now=NOW)
+    login.verify_pin(plan, card.card_id, wrong(card), "", POLICY, now=NOW)  # LOCKED now
+    assert failures(plan) == [(ANONYMOUS, None), (ANONYMOUS, None),
+                              (ANONYMOUS, card.card_id), (ANONYMOUS, card.card_id)]
+    assert login.throttled(plan, None, POLICY, now=NOW + timedelta(seconds=1))
+    assert login.throttled(plan, "", POLICY, now=NOW + timedelta(seconds=1))
+    assert not login.throttled(plan, CALLER, POLICY, now=NOW + timedelta(seconds=1))
+
+
+def test_no_failures_is_not_throttled(plan: Database):
+    assert not login.throttled(plan, CALLER, POLICY)
+    assert not login.throttled(plan, None, POLICY)
+
+
+def test_forget_failures(plan: Database):
+    for i in range(3):
+        login.find_card(plan, "000000000000", CALLER, now=NOW - timedelta(hours=i))
+    assert login.forget_failures(plan, NOW - timedelta(minutes=30)) == 2
+    assert login.forget_failures(plan, NOW - timedelta(minutes=30)) == 0
+    with plan.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(AuthFailure)) == 1
+
+
+def test_policy_from_settings():
+    from ivr.config import Settings
+
+    policy = LoginPolicy.from_settings(Settings(pin_max_failures=2, callerid_max_failures=7,
+                                                callerid_failure_window=60))
+    assert policy == LoginPolicy(2, 7, 60)
+
+
+# --------------------------------------------------------------------------- holder
+
+
+def test_holder_after_a_call(plan: Database):
+    card = new_card(plan, Decimal("1.00"))
+    ledger = Ledger(plan)
+    grant = ledger.authorize("12125550000", card_id=card.card_id, call_key="k-2")
+    assert isinstance(grant, Grant)
+    ledger.settle(grant.reservation_id, 30, uniqueid="k-2")
+    info = login.holder(plan, card.card_id)
+    assert info.available == Decimal("0.70") and info.last4 == card.number[-4:]
+    with pytest.raises(LookupError):
+        login.holder(plan, 999_999)

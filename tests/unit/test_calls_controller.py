@@ -1,0 +1,405 @@
+"""The call controller (ivr.calls): outcomes, warning times, and the recovery sweep.
+
+Recovery runs against a small fake AMI (AstDB and live channels in dictionaries) and the
+real ledger on a fresh SQLite database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from ivr.ami import AmiActionError, AmiError
+from ivr.calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
+from ivr.db import Database
+from ivr.db.migrate import upgrade
+from ivr.db.models import Account, Cdr, Reservation, ReservationStatus
+from ivr.ledger import Grant, Ledger
+from ivr.rating import MAX_CALL_SECONDS
+from ivr.testing.access import CardInHand, create_test_plan, new_card
+
+# --------------------------------------------------------------------------- outcomes
+
+
+@pytest.mark.parametrize(
+    ("record", "status", "billsec"),
+    [
+        ("ANSWER,5407", "ANSWER", 5),
+        ("ANSWER,7400", "ANSWER", 7),
+        ("ANSWER,999", "ANSWER", 0),  # under a second
+        ("ANSWER,1000", "ANSWER", 1),
+        ("ANSWER,0", "ANSWER", 0),
+        ("ANSWER, 3000 ", "ANSWER", 3),
+        ("NOANSWER,0", "NOANSWER", 0),
+        ("BUSY,0", "BUSY", 0),
+        ("CHANUNAVAIL,0", "CHANUNAVAIL", 0),
+        ("CONGESTION", "CONGESTION", 0),  # no length at all
+        ("ANSWER,", "ANSWER", 0),
+        ("ANSWER,abc", "ANSWER", 0),
+        ("ANSWER,-250", "ANSWER", 0),  # a clock step backwards: never negative
+        ("ANSWER,12.5", "ANSWER", 0),
+        (",0", "UNKNOWN", 0),  # DIALSTATUS was empty
+        ("", "UNKNOWN", 0),
+    ],
+)
+def test_call_outcome_parse(record, status, billsec):
+    assert CallOutcome.parse(record) == CallOutcome(status, billsec)
+
+
+# --------------------------------------------------------------------------- warnings
+
+
+@pytest.fixture
+def controller() -> CallController:
+    return CallController(None, Ledger.__new__(Ledger), low_balance_warning=60,
+                          final_warning=10)
+
+
+@pytest.mark.parametrize(
+    ("granted", "times"),
+    [
+        (3600, [("warning", 3540), ("final", 3590)]),
+        (300, [("warning", 240), ("final", 290)]),
+        (71, [("warning", 11), ("final", 61)]),
+        (61, [("warning", 1), ("final", 51)]),
+        # At most the low-balance time: the warning comes at once (half a second in).
+        (60, [("warning", 0.5), ("final", 50)]),
+        (30, [("warning", 0.5), ("final", 20)]),
+        # Less than MIN_WARNING_GAP (3 s) between them: only the final one.
+        (13, [("final", 3)]),
+        (11, [("final", 1)]),
+        # Too short for a final warning: the first one alone, at once.
+        (10, [("warning", 0.5)]),
+        (8, [("warning", 0.5)]),
+        (1, [("warning", 0.5)]),
+    ],
+)
+def test_warning_times(controller, granted, times):
+    assert controller.warning_times(granted) == times
+
+
+def test_warning_times_are_ordered_and_within_the_call(controller):
+    for granted in range(1, 400):
+        times = controller.warning_times(granted)
+        assert times, granted  # every call is warned at least once
+        ats = [at for _, at in times]
+        assert ats == sorted(ats) and all(0 < at < granted for at in ats), granted
+        assert [kind for kind, _ in times] in (["warning", "final"], ["warning"], ["final"])
+        if len(ats) == 2:
+            assert ats[1] - ats[0] >= 3
+
+
+@pytest.mark.parametrize(("low", "final"), [(10, 10), (5, 10)])
+def test_no_low_balance_warning_when_it_would_not_come_first(low, final):
+    c = CallController(None, Ledger.__new__(Ledger), low_balance_warning=low,
+                       final_warning=final)
+    assert c.warning_times(300) == [("final", 290)]
+    assert c.warning_times(5) == []
+
+
+def test_seconds_left_on_a_fake_clock():
+    now = [100.0]
+    c = CallController(None, Ledger.__new__(Ledger), clock=lambda: now[0])
+    call = LiveCall("u.1-1", "u.1", "PJSIP/in-1", 1, granted=90)
+    assert c.seconds_left(call) == 90  # not answered yet
+    call.answered_at = 100.0
+    now[0] = 130.4
+    assert c.seconds_left(call) == 60
+    now[0] = 500.0
+    assert c.seconds_left(call) == 0
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+class FakeAmi:
+    """AstDB and live channels as dictionaries; answers like Asterisk's AMI does."""
+
+    def __init__(self) -> None:
+        self.connected = True
+        self.astdb: dict[tuple[str, str], str] = {}
+        self.channels: dict[str, str] = {}  # channel name -> its uniqueid
+        self.actions: list[tuple[str, dict[str, Any]]] = []
+        self.fail: dict[str, AmiError] = {}  # action name -> error to raise
+        # Called after the first DBGet of a key finds nothing (a call ending meanwhile).
+        self.after_miss: Callable[[str], None] | None = None
+
+    def on_event(self, pattern: str, callback: Callable[[Any], Any]) -> Callable[[], None]:
+        return lambda: None
+
+    async def action(self, name: str, **headers: Any) -> Any:
+        self.actions.append((name, headers))
+        if name in self.fail:
+            raise self.fail[name]
+        if name == "DBGet":
+            key = (headers["Family"], headers["Key"])
+            if key not in self.astdb:
+                if self.after_miss is not None:
+                    self.after_miss(headers["Key"])
+                    self.after_miss = None
+                raise AmiActionError(name, {"Response": "Error",  # type: ignore[arg-type]
+                                            "Message": "Database entry not found"})
+            reply = [
+                {"Response": "Success", "Message": "Result will follow"},
+                {"Event": "DBGetResponse", "Family": key[0], "Key": key[1],
+                 "Val": self.astdb[key]},
+                {"Event": "DBGetComplete", "EventList": "Complete", "ListItems": "1"},
+            ]
+            # panoramisk returns the whole event list unless told as_list=False (a reply
+            # with "EventList: start" is a list by itself).
+            return reply[0] if headers.get("as_list") is False else reply
+        if name == "DBDel":
+            self.astdb.pop((headers["Family"], headers["Key"]), None)
+            return {"Response": "Success", "Message": "Key deleted successfully"}
+        if name == "Getvar":
+            channel = headers["Channel"]
+            if channel not in self.channels:
+                raise AmiActionError(name, {"Response": "Error",  # type: ignore[arg-type]
+                                            "Message": "No such channel"})
+            assert headers["Variable"] == "CHANNEL(uniqueid)"
+            return {"Response": "Success", "Variable": headers["Variable"],
+                    "Value": self.channels[channel]}
+        raise AssertionError(f"unexpected action {name}")
+
+    def names(self) -> list[str]:
+        return [name for name, _ in self.actions]
+
+
+@pytest.fixture
+def db(tmp_path) -> Iterator[Database]:
+    database = Database(f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
+    upgrade(database.engine)
+    create_test_plan(database)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def ledger(db: Database) -> Ledger:
+    return Ledger(db)
+
+
+@pytest.fixture
+def card(db: Database) -> CardInHand:
+    return new_card(db, Decimal("1.00"))
+
+
+@pytest.fixture
+def ami() -> FakeAmi:
+    return FakeAmi()
+
+
+@pytest.fixture
+def recovery(ami: FakeAmi, ledger: Ledger) -> CallController:
+    return CallController(ami, ledger)  # type: ignore[arg-type]
+
+
+def reserve(ledger: Ledger, card: CardInHand, key: str | None,
+            channel: str | None = "PJSIP/in-00000001", limit: int = MAX_CALL_SECONDS) -> Grant:
+    grant = ledger.authorize("12125550000", card_id=card.card_id, call_key=key,
+                             channel=channel, limit=limit)
+    assert isinstance(grant, Grant)
+    return grant
+
+
+def state(db: Database, grant: Grant) -> tuple[ReservationStatus, Decimal, Decimal]:
+    """The reservation's status, and its account's balance and amount held."""
+    with db.transaction() as s:
+        res = s.get(Reservation, grant.reservation_id)
+        account = s.get(Account, grant.account_id)
+        assert res is not None and account is not None
+        return res.status, account.balance, account.reserved
+
+
+def cdr(db: Database, key: str) -> Cdr:
+    with db.transaction() as s:
+        row = s.scalar(select(Cdr).where(Cdr.uniqueid == key))
+        assert row is not None
+        return row
+
+
+async def test_answered_call_is_settled_once(db, ledger, card, ami, recovery):
+    key = "1700000000.1-1"
+    grant = reserve(ledger, card, key)
+    assert state(db, grant) == (ReservationStatus.ACTIVE, Decimal("1.00"), grant.amount)
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,7400"
+
+    report = await recovery.recover_once()
+    assert (report.settled, report.released, report.live) == ([key], [], [])
+    # 7 s at 0.01/s.
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.93"), Decimal(0))
+    row = cdr(db, key)
+    assert (row.billable_seconds, row.cost, row.reservation_id) == (
+        7, Decimal("0.07"), grant.reservation_id)
+    assert row.hangup_cause == "recovered: ANSWER"
+    assert ("DBDel", {"Family": ASTDB_FAMILY, "Key": key}) in ami.actions
+    assert (ASTDB_FAMILY, key) not in ami.astdb
+    assert ami.names().index("DBDel") > ami.names().index("DBGet")
+
+    # A second sweep finds nothing open, asks Asterisk nothing and charges nothing.
+    ami.actions.clear()
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,7400"  # even if the record came back
+    report = await recovery.recover_once()
+    assert (report.settled, report.released, report.live) == ([], [], [])
+    assert ami.actions == []
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.93"), Decimal(0))
+
+
+async def test_answered_call_longer_than_its_grant_is_charged_the_grant(
+        db, ledger, card, ami, recovery):
+    key = "1700000000.9-1"
+    grant = reserve(ledger, card, key)  # 1.00 buys 100 s
+    assert grant.seconds == 100
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,100900"
+    await recovery.recover_once()
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal(0), Decimal(0))
+
+
+@pytest.mark.parametrize("record", ["NOANSWER,0", "BUSY,0", "CANCEL,0", ",0"])
+async def test_unanswered_call_is_released(db, ledger, card, ami, recovery, record):
+    key = "1700000000.2-1"
+    grant = reserve(ledger, card, key)
+    ami.astdb[(ASTDB_FAMILY, key)] = record
+    report = await recovery.recover_once()
+    assert (report.settled, report.released) == ([], [key])
+    assert state(db, grant) == (ReservationStatus.RELEASED, Decimal("1.00"), Decimal(0))
+    row = cdr(db, key)
+    assert (row.billable_seconds, row.cost) == (0, Decimal(0))
+    assert row.hangup_cause == f"recovered: {CallOutcome.parse(record).dial_status}"
+    assert ("DBDel", {"Family": ASTDB_FAMILY, "Key": key}) in ami.actions
+    assert await recovery.recover_once() == type(report)()
+
+
+async def test_no_record_and_channel_gone_is_released(db, ledger, card, ami, recovery):
+    key = "1700000000.3-1"
+    grant = reserve(ledger, card, key, channel="PJSIP/in-00000003")
+    report = await recovery.recover_once()
+    assert (report.settled, report.released, report.live) == ([], [key], [])
+    assert state(db, grant) == (ReservationStatus.RELEASED, Decimal("1.00"), Decimal(0))
+    assert cdr(db, key).hangup_cause == "recovered: no record"
+    # Looked for a record again once the channel was found gone.
+    assert ami.names() == ["DBGet", "Getvar", "DBGet"]
+    assert ami.actions[1] == ("Getvar", {"Channel": "PJSIP/in-00000003",
+                                         "Variable": "CHANNEL(uniqueid)"})
+
+
+async def test_no_record_and_no_channel_known_is_released(db, ledger, card, ami, recovery):
+    key = "1700000000.4-1"
+    grant = reserve(ledger, card, key, channel=None)
+    report = await recovery.recover_once()
+    assert report.released == [key]
+    assert state(db, grant)[0] is ReservationStatus.RELEASED
+    assert "Getvar" not in ami.names()
+
+
+async def test_record_written_while_looking_is_settled(db, ledger, card, ami, recovery):
+    key = "1700000000.5-1"
+    grant = reserve(ledger, card, key, channel="PJSIP/in-00000005")
+    ami.after_miss = lambda k: ami.astdb.__setitem__((ASTDB_FAMILY, k), "ANSWER,3000")
+    report = await recovery.recover_once()
+    assert report.settled == [key]
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.97"), Decimal(0))
+
+
+async def test_live_channel_is_left_alone(db, ledger, card, ami, recovery):
+    key = "1700000000.6-2"
+    grant = reserve(ledger, card, key, channel="PJSIP/in-00000006")
+    ami.channels["PJSIP/in-00000006"] = "1700000000.6"
+    report = await recovery.recover_once()
+    assert (report.settled, report.released, report.live) == ([], [], [key])
+    assert state(db, grant) == (ReservationStatus.ACTIVE, Decimal("1.00"), grant.amount)
+    assert "DBDel" not in ami.names()
+    # When it ends, Asterisk's hang-up handler records it and the next sweep settles it.
+    del ami.channels["PJSIP/in-00000006"]
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,42000"
+    report = await recovery.recover_once()
+    assert report.settled == [key]
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.58"), Decimal(0))
+
+
+async def test_reused_channel_name_is_not_the_call(db, ledger, card, ami, recovery):
+    """Channel names restart with Asterisk; the uniqueid tells the calls apart."""
+    key = "1700000000.7-1"
+    grant = reserve(ledger, card, key, channel="PJSIP/in-00000007")
+    ami.channels["PJSIP/in-00000007"] = "1800000000.7"  # same name, another call
+    report = await recovery.recover_once()
+    assert report.released == [key] and report.live == []
+    assert state(db, grant)[0] is ReservationStatus.RELEASED
+
+
+async def test_uniqueid_prefix_must_end_at_the_dash(db, ledger, card, ami, recovery):
+    key = "1700000000.71-1"
+    grant = reserve(ledger, card, key, channel="PJSIP/in-00000071")
+    ami.channels["PJSIP/in-00000071"] = "1700000000.7"  # a prefix, but not the uniqueid
+    report = await recovery.recover_once()
+    assert report.released == [key]
+    assert state(db, grant)[0] is ReservationStatus.RELEASED
+
+
+async def test_claimed_and_tracked_keys_are_skipped(db, ledger, card, ami, recovery):
+    claimed, tracked, orphan = "1700000000.8-1", "1700000000.8-2", "1700000000.8-3"
+    grants = [reserve(ledger, card, k, limit=20) for k in (claimed, tracked, orphan)]
+    for k in (claimed, tracked, orphan):
+        ami.astdb[(ASTDB_FAMILY, k)] = "ANSWER,1000"
+    recovery.claim(claimed)
+    recovery.track(LiveCall(tracked, "1700000000.8", "PJSIP/in-8", grants[1].reservation_id,
+                            grants[1].seconds))
+    report = await recovery.recover_once()
+    assert report.settled == [orphan]
+    assert [state(db, g)[0] for g in grants] == [ReservationStatus.ACTIVE,
+                                                 ReservationStatus.ACTIVE,
+                                                 ReservationStatus.SETTLED]
+    assert {h.get("Key") for _, h in ami.actions} == {orphan}
+    # Once the flows are done with them, they are the sweep's.
+    recovery.done(claimed)
+    recovery.done(tracked)
+    report = await recovery.recover_once()
+    assert report.settled == [claimed, tracked]
+
+
+async def test_reservation_without_call_key_is_skipped(db, ledger, card, ami, recovery):
+    grant = reserve(ledger, card, None)
+    report = await recovery.recover_once()
+    assert report == type(report)() and ami.actions == []
+    assert state(db, grant)[0] is ReservationStatus.ACTIVE
+
+
+async def test_ami_error_postpones_that_call_only(db, ledger, card, ami, recovery):
+    key = "1700000000.10-1"
+    grant = reserve(ledger, card, key)
+    ami.fail["DBGet"] = AmiError("DBGet: no reply within 5s")
+    report = await recovery.recover_once()
+    assert report == type(report)()
+    assert state(db, grant)[0] is ReservationStatus.ACTIVE
+    del ami.fail["DBGet"]
+    ami.fail["Getvar"] = AmiActionError("Getvar", {"Response": "Error",  # type: ignore[arg-type]
+                                                   "Message": "Permission denied"})
+    report = await recovery.recover_once()
+    assert report == type(report)()  # not "no such channel": nothing is assumed
+    assert state(db, grant)[0] is ReservationStatus.ACTIVE
+
+
+async def test_failed_dbdel_still_settles(db, ledger, card, ami, recovery):
+    key = "1700000000.11-1"
+    grant = reserve(ledger, card, key)
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,2000"
+    ami.fail["DBDel"] = AmiError("DBDel: no reply within 5s")
+    report = await recovery.recover_once()
+    assert report.settled == [key]
+    assert state(db, grant)[0] is ReservationStatus.SETTLED
+
+
+async def test_no_sweep_without_ami(db, ledger, card, ami):
+    key = "1700000000.12-1"
+    grant = reserve(ledger, card, key)
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,2000"
+    report = await CallController(None, ledger).recover_once()
+    assert report.settled == []
+    ami.connected = False
+    report = await CallController(ami, ledger).recover_once()  # type: ignore[arg-type]
+    assert report.settled == [] and ami.actions == []
+    assert state(db, grant)[0] is ReservationStatus.ACTIVE
