@@ -97,6 +97,7 @@ class AmiClient:
         *,
         reconnect_delay: float = 1.0,
         action_timeout: float = 10.0,
+        events: str | None = None,
     ) -> None:
         self.host, self.port = host, port
         self._username, self._secret = username, secret
@@ -106,6 +107,10 @@ class AmiClient:
         self._subscribers: list[tuple[str, EventCallback]] = []
         self._logged_in = asyncio.Event()
         self.logins = 0  # how many times we (re)logged in; a reconnect raises it
+        # Event classes to receive (AMI "Events" action after each login); None: all the
+        # user may read. The server asks for call events only, so keys typed by callers
+        # (DTMF and AGI result events) never reach it, even in debug logs.
+        self.events = events
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> AmiClient:
@@ -157,6 +162,8 @@ class AmiClient:
 
     def _on_login(self, manager: Manager) -> None:
         self.logins += 1
+        if self.events is not None:
+            manager.send_action({"Action": "Events", "EventMask": self.events})
         self._logged_in.set()
         log.info("AMI logged in to %s:%s", self.host, self.port)
 

@@ -26,6 +26,11 @@ def _setup_logging(settings: Settings, verbose: bool) -> None:
 # ------------------------------------------------------------------------- serve / run
 
 
+# What the call controller listens to: Dial and Hangup events (class "call"). Not "dtmf"
+# nor "agi", whose events carry the keys callers type.
+SERVER_AMI_EVENTS = "call"
+
+
 async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None) -> int:
     """Run the FastAGI server and the call controller until SIGTERM/SIGINT, then shut
     down gracefully."""
@@ -37,7 +42,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
 
     runtime.set_settings(settings)  # routes read the process settings from here
     ledger = await asyncio.to_thread(runtime.get_ledger)  # may migrate an SQLite file
-    ami = AmiClient.from_settings(settings)
+    ami = AmiClient.from_settings(settings, events=SERVER_AMI_EVENTS)
     controller = CallController.from_settings(ami, ledger, settings)
     runtime.set_controller(controller)
     ami_task = asyncio.ensure_future(_keep_ami_connected(ami))

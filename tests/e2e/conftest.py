@@ -9,6 +9,7 @@ brought up the tests error with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import shutil
@@ -23,12 +24,15 @@ from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance, instance_for
 from ivr.calls import CallController
 from ivr.config import Settings, load_settings
+from ivr.db import Database
+from ivr.db.migrate import upgrade
 from ivr.flows import ROUTES
 from ivr.prompts import PromptStore, load_catalogue
 from ivr.prompts.build import build
 from ivr.testing import free_port
 from ivr.testing.access import AccessLine, create_test_plan
 from ivr.testing.phone import Phone
+from ivr.testing.postgres import fresh_postgres_database
 
 
 @pytest.fixture(scope="session")
@@ -122,13 +126,29 @@ async def access_line(
     asterisk: AsteriskInstance, test_settings: Settings, instance_prompts: PromptStore,
     ami: AmiClient, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> AsyncIterator[AccessLine]:
-    overrides = getattr(request, "param", {})
-    settings = test_settings.replace(
-        database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}",
-        dial_timeout=4,
-        access_languages="en",  # the language menu has its own test
+    overrides = dict(getattr(request, "param", {}))
+    with contextlib.ExitStack() as stack:
+        if overrides.pop("database", "sqlite") == "postgres":
+            url = stack.enter_context(fresh_postgres_database())
+        else:
+            url = f"sqlite:///{tmp_path / 'ivr.sqlite3'}"
+        async for line in _access_line(test_settings, ami, url, overrides):
+            yield line
+
+
+async def _access_line(
+    test_settings: Settings, ami: AmiClient, url: str, overrides: dict[str, object]
+) -> AsyncIterator[AccessLine]:
+    settings = test_settings.replace(**{
+        "database_url": url,
+        "dial_timeout": 4,
+        "access_languages": "en",  # the language menu has its own test
         **overrides,
-    )
+    })
+    if not url.startswith("sqlite"):  # PostgreSQL is migrated by `ivr db upgrade`
+        fresh = Database(url)
+        await asyncio.to_thread(upgrade, fresh.engine)
+        fresh.dispose()
     runtime.set_settings(settings)
     db = await asyncio.to_thread(runtime.get_database)
     create_test_plan(db)

@@ -3,6 +3,7 @@ limit enforced by Asterisk, settlement, failures that cost nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -89,3 +90,47 @@ async def test_unknown_and_invalid_destinations_get_another_try(
     balance, _, _ = account_state(access_line, card.account)
     assert balance == Decimal("1.98")
     assert [c.destination for c in cdrs(access_line)] == ["19996021234"]
+
+
+@pytest.mark.parametrize(
+    "access_line", [{}, pytest.param({"database": "postgres"}, marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgres"], indirect=True,
+)
+async def test_two_cards_of_one_shared_account_cannot_overdraw_it(
+    access_line: AccessLine, phone: Phone
+):
+    # 0.10 buys 10 seconds to the US; two cards on the account dial at the same moment.
+    first = access_line.card("0.10")
+    second = access_line.card("0", account=first.account)
+    calls = [await phone.call("ivr-access", callerid=f"1555000999{i}") for i in range(2)]
+    together = asyncio.Barrier(2)
+
+    async def place(call, card) -> Caller:
+        caller = Caller(call)
+        await caller.log_in(card)
+        await caller.wait_prompt("enter-destination")
+        await together.wait()
+        await call.send_dtmf("2125550100#")
+        return caller
+
+    callers = await asyncio.gather(*(place(c, k) for c, k in zip(calls, (first, second),
+                                                                  strict=True)))
+    # One is granted the whole balance; the other is told it is not enough.
+    outcomes = await asyncio.gather(*(
+        c.call.wait_for(lambda x: next((p for p in Caller(x).heard
+                                        if p in ("connecting", "not-enough-balance")), None),
+                        60, "connect or refusal")
+        for c in callers))
+    assert sorted(outcomes) == ["connecting", "not-enough-balance"]
+    winner = callers[outcomes.index("connecting")]
+    await winner.wait_prompt("time-up", timeout=40)
+    for call in calls:
+        await call.hangup()
+        await call.wait_ended()
+    await access_line.server.wait_idle()
+
+    balance, reserved, entries = account_state(access_line, first.account)
+    assert balance == Decimal("0") and reserved == 0
+    assert [e.amount for e in entries if e.kind is EntryKind.CALL] == [Decimal("-0.10")]
+    assert all(e.balance_after >= 0 for e in entries)
+    assert not open_reservations(access_line)

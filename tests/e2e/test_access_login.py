@@ -1,0 +1,154 @@
+"""Who may call, in a real Asterisk: PIN lock-out, pinless log-in by caller ID, the
+language menu, expired and empty cards, and a caller ID refused after many failures."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+
+from ivr.db.models import Card, CardStatus
+from ivr.testing.access import AccessLine, Caller, cdrs
+from ivr.testing.phone import Phone
+
+pytestmark = pytest.mark.asterisk
+
+
+def card_row(line: AccessLine, card_id: int) -> Card:
+    with line.db.transaction() as s:
+        card = s.get(Card, card_id)
+        assert card is not None
+        return card
+
+
+@pytest.mark.parametrize("access_line", [{"pin_max_failures": 3}], indirect=True)
+async def test_wrong_pins_lock_the_card_and_pins_never_reach_a_log(
+    access_line: AccessLine, phone: Phone, caplog: pytest.LogCaptureFixture, asterisk
+):
+    caplog.set_level(logging.DEBUG)
+    card = access_line.card("5.00")
+    wrong = "97531"  # PINs have 4 digits: never the right one
+    call = await phone.call("ivr-access", callerid="15550005555")
+    caller = Caller(call)
+    await caller.answer("enter-card-number", card.number + "#")
+    for _ in range(3):
+        await caller.answer("enter-pin", wrong + "#")
+    await caller.wait_prompt("card-locked")
+    await call.wait_ended()
+    assert caller.heard.count("wrong-pin") == 2  # the third wrong PIN locks the card
+    assert card_row(access_line, card.card_id).status is CardStatus.LOCKED
+
+    # A locked card is told so as soon as its number is typed; no PIN is asked.
+    call = await phone.call("ivr-access", callerid="15550005555")
+    caller = Caller(call)
+    await caller.answer("enter-card-number", card.number + "#")
+    await caller.wait_prompt("card-locked")
+    await call.wait_ended()
+    assert "enter-pin" not in caller.heard and "enter-destination" not in caller.heard
+    await access_line.server.wait_idle()
+    # The product's logs, even at DEBUG (the test phone's own AMI traffic is not ours),
+    # and Asterisk's.
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ivr"))
+    assert "wrong PIN" in logged
+    for secret in (card.pin, wrong, card.number):
+        assert secret not in logged
+        assert secret not in asterisk.log_file.read_text(errors="replace")
+
+
+async def test_a_right_pin_resets_the_count(access_line: AccessLine, phone: Phone):
+    card = access_line.card("5.00")
+    wrong = "97531"  # PINs have 4 digits: never the right one
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.answer("enter-card-number", card.number + "#")
+    await caller.answer("enter-pin", wrong + "#")
+    await caller.answer("enter-pin", card.pin + "#")
+    await caller.wait_prompt("enter-destination")
+    assert card_row(access_line, card.card_id).failed_pins == 0
+    await call.hangup()
+    await call.wait_ended()
+
+
+async def test_pinless_caller_is_recognised_by_caller_id(access_line: AccessLine, phone: Phone):
+    card = access_line.card("3.50", callerid="15550006666")
+    call = await phone.call("ivr-access", callerid="15550006666")
+    caller = Caller(call)
+    await caller.dial("9996021234")
+    await caller.wait_prompt("call-cost")
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    heard = caller.heard
+    assert heard[:2] == ["welcome", "welcome-back"]
+    assert "enter-card-number" not in heard and "enter-pin" not in heard
+    (cdr,) = cdrs(access_line)
+    assert cdr.card_id == card.card_id and cdr.caller == "15550006666"
+    assert cdr.cost == Decimal("0.02")
+
+
+@pytest.mark.parametrize("access_line", [{"access_languages": ""}], indirect=True)
+async def test_language_menu_switches_every_prompt(access_line: AccessLine, phone: Phone):
+    card = access_line.card("1.00")
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.wait_prompt("choose-language")
+    await call.send_dtmf("2")
+    await caller.log_in(card)
+    await caller.wait_prompt("enter-destination")
+    await call.hangup()
+    await call.wait_ended()
+    played = [c.args[0] for c in call.commands if c.verb in ("STREAM FILE", "GET DATA")
+              and "/prompts/" in c.args[0]]
+    # The menu is said in each language; after "2" everything is Spanish.
+    assert "/en/choose-language/" in played[0]
+    after = played[played.index(next(p for p in played if "/welcome/" in p)):]
+    assert after and all("/es/" in p for p in after), after
+
+
+async def test_expired_and_empty_cards_get_their_own_prompt(
+    access_line: AccessLine, phone: Phone
+):
+    expired = access_line.card("5.00")
+    with access_line.db.transaction() as s:
+        s.get(Card, expired.card_id).expires_on = date.today() - timedelta(days=1)
+    empty = access_line.card("0.00")
+    # An expired card is told so after its number; an empty one after its PIN (its
+    # balance is private).
+    for card, prompt in ((expired, "card-expired"), (empty, "card-empty")):
+        call = await phone.call("ivr-access")
+        caller = Caller(call)
+        await caller.answer("enter-card-number", card.number + "#")
+        if card is empty:
+            await caller.answer("enter-pin", card.pin + "#")
+        await caller.wait_prompt(prompt)
+        await call.wait_ended()
+        assert "enter-destination" not in caller.heard
+    assert "your-balance-is" in caller.heard  # the empty card hears its balance
+
+
+@pytest.mark.parametrize("access_line", [{"callerid_max_failures": 2}], indirect=True)
+async def test_guessing_across_cards_from_one_caller_id_is_refused(
+    access_line: AccessLine, phone: Phone
+):
+    for _ in range(2):  # two unknown card numbers
+        call = await phone.call("ivr-access", callerid="15550007777")
+        caller = Caller(call)
+        await caller.answer("enter-card-number", "400000000002#")
+        await caller.wait_prompt("invalid-card")
+        await call.hangup()
+        await call.wait_ended()
+    good = access_line.card("5.00")
+    call = await phone.call("ivr-access", callerid="15550007777")
+    caller = Caller(call)
+    await caller.wait_prompt("too-many-attempts")
+    await call.wait_ended()
+    assert "enter-card-number" not in caller.heard
+    # Another caller ID is not affected.
+    call = await phone.call("ivr-access", callerid="15550008888")
+    caller = Caller(call)
+    await caller.log_in(good)
+    await caller.wait_prompt("enter-destination")
+    await call.hangup()
+    await call.wait_ended()
