@@ -65,16 +65,19 @@ def test_asterisk_up_status_down(asterisk, test_settings: Settings, tmp_path):
 
 
 async def test_serve_finishes_running_calls_on_sigterm(asterisk, test_settings: Settings,
-                                                       phone: Phone):
-    env = dict(os.environ, IVR_SHUTDOWN_GRACE="20")
+                                                       phone: Phone, tmp_path):
+    env = dict(os.environ, IVR_SHUTDOWN_GRACE="20", IVR_DATA_DIR=str(tmp_path),
+               IVR_AMI_PORT=str(test_settings.ami_port), IVR_AMI_SECRET=test_settings.ami_secret)
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ivr.cli", "serve", "--port", str(test_settings.agi_port),
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )
     try:
         assert server.stdout is not None
-        line = await asyncio.wait_for(server.stdout.readline(), 20)
-        assert b"FastAGI listening on" in line
+        while b"FastAGI listening on" not in (
+            line := await asyncio.wait_for(server.stdout.readline(), 20)
+        ):
+            assert line, "serve exited before listening"
         call = await phone.call("ivr-hello")
         await call.wait_for_input()
         server.send_signal(signal.SIGTERM)
