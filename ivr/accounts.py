@@ -171,10 +171,16 @@ def set_card_status(session: Session, number: str, status: CardStatus) -> Card:
 
 def check_pin(session: Session, card: Card, pin: str, max_failures: int = 5) -> bool:
     """Verify a PIN; consecutive failures lock the card, a success resets the count."""
-    if verify_pin(pin, card.pin_hash):
+    ok = verify_pin(pin, card.pin_hash)
+    count_pin_result(card, ok, max_failures)
+    return ok
+
+
+def count_pin_result(card: Card, ok: bool, max_failures: int = 5) -> None:
+    """A right PIN resets the card's count; a wrong one adds to it and may lock it."""
+    if ok:
         card.failed_pins = 0
-        return True
+        return
     card.failed_pins += 1
     if card.failed_pins >= max_failures and card.status is CardStatus.ACTIVE:
         card.status = CardStatus.LOCKED
-    return False

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,8 @@ class LiveCall:
     reservation_id: int
     granted: int  # seconds the call may last from answer
     language: str = "en"
+    card_id: int | None = None
+    callerid: str | None = None
     dest_channel: str = ""
     answered_at: float | None = None  # loop time
     whispers: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds after answer)
@@ -88,8 +90,12 @@ class CallController:
         low_balance_warning: int = 60,
         final_warning: int = 10,
         clock: Callable[[], float] | None = None,
+        auto_recharge: Callable[[LiveCall], Awaitable[int | None]] | None = None,
     ) -> None:
         self.ami = ami
+        # Charges the account's linked payment method for a call crossing its threshold;
+        # returns the call's new grant (seconds from answer), None when nothing was added.
+        self.auto_recharge = auto_recharge
         self.ledger = ledger
         self.low_balance_warning = low_balance_warning
         self.final_warning = final_warning
@@ -106,9 +112,10 @@ class CallController:
                 self._unsubscribe.append(ami.on_event(name, handler))
 
     @classmethod
-    def from_settings(cls, ami: AmiClient | None, ledger: Ledger, settings: Any) -> CallController:
+    def from_settings(cls, ami: AmiClient | None, ledger: Ledger, settings: Any,
+                      **kwargs: Any) -> CallController:
         return cls(ami, ledger, low_balance_warning=settings.low_balance_warning,
-                   final_warning=settings.final_warning)
+                   final_warning=settings.final_warning, **kwargs)
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -153,6 +160,8 @@ class CallController:
         call.answered_at = self.now()
         call.dest_channel = event.get("DestChannel", call.dest_channel)
         self._schedule_warnings(call)
+        if self.auto_recharge is not None:
+            asyncio.ensure_future(self._plan_auto_recharge(call))
 
     def _on_hangup(self, event: Any) -> None:
         uniqueid = event.get("Uniqueid", "")
@@ -169,9 +178,11 @@ class CallController:
     def warning_times(self, granted: int) -> list[tuple[str, float]]:
         """When, in seconds after answer, each warning is whispered."""
         times: list[tuple[str, float]] = []
-        final_at = granted - self.final_warning
+        if self.low_balance_warning <= 0 and self.final_warning <= 0:
+            return times
+        final_at = granted - self.final_warning if self.final_warning > 0 else 0
         first_at = max(0.5, granted - self.low_balance_warning)
-        if self.low_balance_warning > self.final_warning and (
+        if self.low_balance_warning > max(self.final_warning, 0) and (
             final_at <= 0 or first_at <= final_at - MIN_WARNING_GAP
         ):
             times.append(("warning", first_at))
@@ -222,7 +233,50 @@ class CallController:
             return call.granted
         return max(0, round(call.granted - (self.now() - call.answered_at)))
 
+    # ------------------------------------------------------------------ auto-recharge
+
+    async def _plan_auto_recharge(self, call: LiveCall) -> None:
+        """At the moment this call takes the balance below the account's auto-recharge
+        threshold, charge the linked payment method once and extend the call."""
+        try:
+            due = await asyncio.to_thread(self.ledger.seconds_until_below, call.reservation_id)
+        except Exception:
+            log.exception("[%s] auto-recharge not planned", call.uniqueid)
+            return
+        if due is None or call.answered_at is None:
+            return
+        delay = max(0.0, due - (self.now() - call.answered_at))
+        log.info("[%s] auto-recharge due in %.1fs", call.uniqueid, delay)
+        call._timers.append(asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._auto_recharge(call))))
+
+    async def _auto_recharge(self, call: LiveCall) -> None:
+        assert self.auto_recharge is not None
+        if self._live.get(call.uniqueid) is not call:
+            return  # ended meanwhile
+        try:
+            granted = await self.auto_recharge(call)
+        except Exception:
+            log.exception("[%s] auto-recharge failed", call.uniqueid)
+            return
+        if granted is not None and self._live.get(call.uniqueid) is call:
+            await self.extend(call.uniqueid, granted)
+
     # ------------------------------------------------------------------ extension
+
+    async def hold_open(self, uniqueid: str, seconds: int) -> None:
+        """The caller is in the top-up menu: make sure the call has at least ``seconds``
+        left, so paying cannot drop it, and hold the warnings. :meth:`extend` ends this
+        (with the new grant, or the old one when nothing was added). Time beyond the grant
+        is never charged (settle caps at the grant)."""
+        call = self._live.get(uniqueid)
+        if call is None:
+            raise LookupError(f"no live call {uniqueid}")
+        call.cancel_timers()
+        if (call.answered_at is not None and call.dest_channel and self.ami is not None
+                and self.seconds_left(call) < seconds):
+            await self.ami.action("AbsoluteTimeout", Channel=call.dest_channel,
+                                  Timeout=seconds)
 
     async def extend(self, uniqueid: str, granted: int) -> None:
         """Let a live call last ``granted`` seconds from its answer (after a top-up):

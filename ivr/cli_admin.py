@@ -302,6 +302,49 @@ def _set_callerid(s: Session, card: Card, args: argparse.Namespace, region: str)
     return card
 
 
+# --------------------------------------------------------------------------- vouchers
+
+
+def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
+    from .vouchers import find, generate, void
+
+    db = open_db(settings)
+    if args.action == "generate":
+        currency = args.currency or _only_currency(db)
+        vouchers = generate(db, args.count, args.value, currency, Path(args.out),
+                            length=args.length, expires_on=args.expires, batch=args.batch)
+        batch, currency = vouchers[0].batch, vouchers[0].currency
+        _emit(args, {"generated": len(vouchers), "out": args.out, "batch": batch,
+                     "value": display(args.value), "currency": currency,
+                     "expires_on": args.expires},
+              f"{len(vouchers)} voucher(s) of {display(args.value)} {currency} "
+              f"(batch {batch}) written to {args.out} (the only copy of their codes)")
+        return 0
+    info = find(db, args.code) if args.action == "show" else void(db, args.code)
+    data = {"voucher": f"...{info.last4}", "status": info.status.value,
+            "value": display(info.value), "currency": info.currency, "batch": info.batch,
+            "expires_on": info.expires_on, "redeemed_at": info.redeemed_at,
+            "redeemed_by": info.redeemed_by, "created_at": info.created_at}
+    text = (f"voucher ...{info.last4} {info.status.value}: {display(info.value)} "
+            f"{info.currency}, batch {info.batch}")
+    if info.expires_on:
+        text += f", expires {info.expires_on}"
+    if info.redeemed_by:
+        text += f", redeemed by account {info.redeemed_by} at {info.redeemed_at:%Y-%m-%d %H:%M}"
+    _emit(args, data, text)
+    return 0
+
+
+def _only_currency(db: Database) -> str:
+    """The currency of the rating plans, when they all share one (--currency otherwise)."""
+    with db.transaction() as s:
+        currencies = sorted(set(s.scalars(select(RatingPlan.currency))))
+    if len(currencies) != 1:
+        raise CommandError("give --currency" + (f" (plans use {', '.join(currencies)})"
+                                                if currencies else ""))
+    return currencies[0]
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -395,6 +438,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="telephone number, national (default_region) or +international")
     p.add_argument("--clear", action="store_true", help="remove the card's caller ID")
     p.set_defaults(func=cmd_cards)
+
+    vouchers = sub.add_parser("vouchers", help="recharge codes").add_subparsers(
+        dest="action", required=True)
+    p = with_json(vouchers.add_parser("generate", help="generate a batch of recharge codes"))
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--value", type=_money, required=True)
+    p.add_argument("--currency", help="default: the plans' currency, if they share one")
+    p.add_argument("--out", required=True, help="CSV with the codes (mode 0600)")
+    p.add_argument("--expires", type=_day, help="last day of use YYYY-MM-DD")
+    p.add_argument("--batch", help="batch label (default: generated)")
+    p.add_argument("--length", type=int, default=14, help="digits, check digit included")
+    p.set_defaults(func=cmd_vouchers)
+    for name, helptext in (("show", "a voucher's state"),
+                           ("void", "cancel an unused voucher")):
+        p = with_json(vouchers.add_parser(name, help=helptext))
+        p.add_argument("code")
+        p.set_defaults(func=cmd_vouchers)
 
 
 def run_admin(func: Any, settings: Settings, args: argparse.Namespace) -> int:

@@ -86,6 +86,34 @@ class Settings:
     # Settle calls that ended while the server was down, every this many seconds.
     recovery_interval: float = 5.0
 
+    # Mid-call top-up by payment card (ivr.payments).
+    # The gateway: "sandbox" (test card numbers only, nothing is charged), or
+    # "package.module:factory" naming a callable that takes the Settings and returns a
+    # PaymentGateway backed by a real processor.
+    payment_gateway: str = "sandbox"
+    # Seconds a charge may take before it counts as timed out (nothing is credited).
+    payment_timeout: float = 20.0
+    # Key the sandbox derives its card tokens from; any value works, but keep it stable,
+    # or tokens saved earlier are no longer recognised.
+    payment_sandbox_secret: str = "ivr-sandbox-token-secret"
+    # Amounts offered in the top-up menu, comma-separated, in the account's currency.
+    topup_amounts: str = "5,10,20"
+    # While the caller is in the mid-call top-up menu the call is kept open at least this
+    # many seconds (the held party's time beyond the grant is not charged).
+    topup_grace: int = 90
+
+    # Low-balance notices outside calls (ivr.notify). E-mail: empty smtp_host means off.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "ivr@localhost"
+    # SMS: "ami" (Asterisk MessageSend to sms_ami_uri), "http" (POST JSON to
+    # sms_http_url, with sms_http_token as a bearer token if set) or "" (off).
+    sms_mode: str = ""
+    sms_http_url: str = ""
+    sms_http_token: str = ""
+    # {number} is the account's SMS number.
+    sms_ami_uri: str = "pjsip:{number}"
+
     log_level: str = "INFO"
 
     @property

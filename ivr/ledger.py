@@ -323,6 +323,31 @@ class Ledger:
                     s.add(self._cdr(s, res, account, uniqueid, caller, started_at, None, None, 0,
                                     Decimal(0), hangup_cause))
 
+    # ------------------------------------------------------------------ auto-recharge
+
+    def seconds_until_below(self, reservation_id: int) -> int | None:
+        """Seconds after answer at which this call takes the account's balance below its
+        auto-recharge threshold (0: already below); None when the account has none."""
+        with self.db.transaction() as s:
+            res = s.get(Reservation, reservation_id)
+            if res is None or res.status is not ReservationStatus.ACTIVE:
+                return None
+            account = s.get(Account, res.account_id)
+            assert account is not None
+            threshold = account.auto_recharge_threshold
+            if threshold is None or account.auto_recharge_amount is None:
+                return None
+            # What the other live calls hold is spent already, as far as this call knows.
+            spendable = account.balance - (account.reserved - res.amount) - threshold
+            if spendable <= 0:
+                return 0
+            rates = self.rates.get(res.plan_id, s)
+            try:
+                return max_seconds(rates.table, rates.plan, res.number, spendable,
+                                   _aware(res.rated_at), res.service)
+            except NoRate:
+                return None
+
     # ------------------------------------------------------------------ live calls
 
     def open_reservations(self) -> list[Reservation]:

@@ -19,9 +19,10 @@ from decimal import Decimal
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .accounts import check_pin
+from .accounts import count_pin_result
 from .db import Database
 from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
+from .secrets import pin_check
 
 log = logging.getLogger("ivr.login")
 
@@ -118,7 +119,8 @@ def find_card(db: Database, number: str, callerid: str | None,
 def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, policy: LoginPolicy,
                *, now: datetime | None = None) -> LoginResult:
     """Check a PIN. A wrong one counts against the card and the caller ID; a right one
-    resets the card's count."""
+    resets the card's count. The hash is checked between two short transactions, so the
+    ~60 ms of scrypt never holds a database lock."""
     now = now or _now()
     with db.transaction() as s:
         card = s.get(Card, card_id)
@@ -127,14 +129,23 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
         state = _card_state(s, card, now.date())
         if state is not None:
             return LoginResult(state, card.id)
-        if not check_pin(s, card, pin, policy.pin_max_failures):  # counts, may lock
-            _record_failure(s, callerid, card.id, now)
-            if card.status is CardStatus.LOCKED:
-                log.warning("card ...%s locked after %d wrong PINs", card.number[-4:],
-                            card.failed_pins)
-                return LoginResult(Verdict.LOCKED, card.id)
-            return LoginResult(Verdict.WRONG_PIN, card.id)
-        return _usable(s, card, now.date())
+        stored = card.pin_hash
+    ok = bool(pin) and pin_check(pin, stored)
+    with db.transaction() as s:
+        card = s.get(Card, card_id)
+        assert card is not None
+        state = _card_state(s, card, now.date())  # locked meanwhile by another call
+        if state is not None:
+            return LoginResult(state, card.id)
+        count_pin_result(card, ok, policy.pin_max_failures)
+        if ok:
+            return _usable(s, card, now.date())
+        _record_failure(s, callerid, card.id, now)
+        if card.status is CardStatus.LOCKED:
+            log.warning("card ...%s locked after %d wrong PINs", card.number[-4:],
+                        card.failed_pins)
+            return LoginResult(Verdict.LOCKED, card.id)
+        return LoginResult(Verdict.WRONG_PIN, card.id)
 
 
 def holder(db: Database, card_id: int) -> Cardholder:

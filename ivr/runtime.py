@@ -23,12 +23,14 @@ if TYPE_CHECKING:
     from .calls import CallController
     from .db import Database
     from .ledger import Ledger
+    from .payments import PaymentGateway
 
 _lock = threading.Lock()
 _settings: Settings | None = None
 _database: Database | None = None
 _ledger: Ledger | None = None
 _controller: CallController | None = None
+_gateway: tuple[object, PaymentGateway] | None = None  # (settings, gateway)
 
 
 def get_settings() -> Settings:
@@ -87,3 +89,16 @@ def get_controller() -> CallController | None:
 def set_controller(controller: CallController | None) -> None:
     global _controller
     _controller = controller
+
+
+def get_gateway() -> PaymentGateway:
+    """The payment gateway the settings name, one per process (its idempotency records
+    and connections live as long as the server)."""
+    global _gateway
+    settings = get_settings()
+    with _lock:
+        if _gateway is None or _gateway[0] is not settings:
+            from .payments import gateway_from_settings
+
+            _gateway = (settings, gateway_from_settings(settings))
+        return _gateway[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 SCRYPT_LOG2_N = 14  # 16384: ~16 MiB and tens of ms per hash
 SCRYPT_R = 8
@@ -83,3 +84,14 @@ def verify_pin(pin: str, stored: str) -> bool:
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(computed.hex(), digest)
+
+
+# PIN checks run scrypt with a 16 MiB work area. glibc keeps that memory in the arena of
+# whichever thread ran it, so on a big worker pool every thread ends up holding 16 MiB.
+# Two dedicated threads bound it (and two checks at once keep two cores busy).
+_PIN_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pin-check")
+
+
+def pin_check(pin: str, stored: str) -> bool:
+    """:func:`verify_pin` on the dedicated PIN threads (call it from any thread)."""
+    return _PIN_POOL.submit(verify_pin, pin, stored).result()

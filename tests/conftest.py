@@ -35,18 +35,21 @@ def _required() -> list[str]:
     return [m.strip() for m in raw.split(",") if m.strip()]
 
 
-# Each test's real markers (report.keywords also holds parameter ids, so a test
-# parametrized with the value "asterisk" would look marked).
-_markers_of: dict[str, set[str]] = {}
-
-
-def pytest_itemcollected(item: pytest.Item) -> None:
-    _markers_of[item.nodeid] = {m.name for m in item.iter_markers()}
+# Each test's real markers travel on its reports (report.keywords also holds parameter
+# ids, so a test parametrized with the value "asterisk" would look marked; and under
+# pytest-xdist the items live in the workers, the counting in the controller).
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    report = yield
+    marks = sorted(m for m in REAL_MARKERS if item.get_closest_marker(m) is not None)
+    report.user_properties.append(("real_markers", ",".join(marks)))
+    return report
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    marks = dict(report.user_properties).get("real_markers", "")
     for marker in REAL_MARKERS:
-        if marker not in _markers_of.get(report.nodeid, set()):
+        if marker not in marks.split(","):
             continue
         if report.skipped:
             _counts[marker]["skipped"] += 1

@@ -116,6 +116,7 @@ class AsteriskInstance:
             "ami_secret": s.ami_secret,
             "agi_host": s.agi_host if s.agi_host not in ("0.0.0.0", "::") else "127.0.0.1",
             "agi_port": str(s.agi_port),
+            "moh_dir": f"{self.base}/moh",
             "dialplan_includes": "\n".join(
                 f"#include {self.etc_dir}/dialplan/{p.name}" for p in dialplan_files
             ),
@@ -129,6 +130,7 @@ class AsteriskInstance:
                 target.chmod(0o600)  # holds the AMI secret
         for conf in dialplan_files:
             (dialplan_dst / conf.name).write_text(conf.read_text())
+        make_hold_music(self.host(values["moh_dir"]))
 
     # ------------------------------------------------------------------ process
 
@@ -263,6 +265,26 @@ class AsteriskInstance:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def make_hold_music(directory: Path) -> None:
+    """The default music-on-hold class plays files from ``directory``; the sandbox has no
+    MOH package, so a soft 8 kHz chord is made with sox once. A real install may put
+    its own files there (any file already present is kept)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if any(directory.iterdir()):
+        return
+    target = directory / "ivr-hold.wav"
+    try:
+        subprocess.run(
+            ["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(target),
+             "synth", "20", "sine", "262", "sine", "330", "sine", "392",
+             "remix", "-", "tremolo", "0.5", "40", "vol", "0.3"],
+            check=True, capture_output=True, timeout=60,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("no hold music made in %s (%s): held parties hear silence", directory, exc)
+        target.unlink(missing_ok=True)
 
 
 def _is_zombie(pid: int) -> bool:

@@ -125,6 +125,19 @@ class Account(Base):
     balance: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     reserved: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Auto-recharge (seed 001): when a call takes the balance below the threshold, the
+    # linked payment method is charged `amount`, at most once per call and `daily_cap`
+    # a day. All three None: off.
+    auto_recharge_threshold: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    auto_recharge_amount: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    auto_recharge_daily_cap: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    # Low-balance notice outside calls, by e-mail and/or SMS, when the balance falls
+    # below `low_balance_notice` (once until topped up again).
+    email: Mapped[str | None] = mapped_column(String(254), nullable=True)
+    sms_number: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    low_balance_notice: Mapped[Decimal | None] = mapped_column(Money, nullable=True)
+    low_balance_notified_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True)
 
     plan: Mapped[RatingPlan] = relationship()
     cards: Mapped[list[Card]] = relationship(back_populates="account")
@@ -151,6 +164,8 @@ class Card(Base):
     # Caller ID registered for pinless log-in, E.164 digits.
     callerid: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
     failed_pins: Mapped[int] = mapped_column(Integer, default=0)
+    # Consecutive wrong recharge codes typed with this card; they lock it like PINs.
+    failed_codes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     account: Mapped[Account] = relationship(back_populates="cards")
@@ -238,6 +253,67 @@ class AuthFailure(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (Index("ix_auth_failures_callerid_at", "callerid", "at"),)
+
+
+class VoucherStatus(enum.StrEnum):
+    NEW = "new"
+    REDEEMED = "redeemed"
+    VOID = "void"
+
+
+class Voucher(Base):
+    """A recharge code. Only its SHA-256 is stored: the CSV written at generation is the
+    one clear copy. Redeemed exactly once (a conditional UPDATE on status)."""
+
+    __tablename__ = "vouchers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    last4: Mapped[str] = mapped_column(String(4))
+    value: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    batch: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[VoucherStatus] = mapped_column(_enum(VoucherStatus),
+                                                  default=VoucherStatus.NEW)
+    expires_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    redeemed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    redeemed_by: Mapped[int | None] = mapped_column(ForeignKey("accounts.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PaymentMethod(Base):
+    """A payment card linked to an account: the gateway's token and the last four digits,
+    never the number itself."""
+
+    __tablename__ = "payment_methods"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    token: Mapped[str] = mapped_column(String(128))
+    last4: Mapped[str] = mapped_column(String(4))
+    brand: Mapped[str] = mapped_column(String(16), default="")
+    expiry: Mapped[str] = mapped_column(String(4))  # MMYY
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Payment(Base):
+    """One attempt to take money for a top-up, approved or not. ``payment_id`` is ours and
+    is also the top-up ledger entry's ref, so a payment is credited once."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[str] = mapped_column(String(64), unique=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # card, stored, auto
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16))  # approved, declined, timeout, error
+    gateway_ref: Mapped[str] = mapped_column(String(128), default="")
+    last4: Mapped[str] = mapped_column(String(4), default="")
+    reason: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Operator(Base):

@@ -26,7 +26,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from .. import login, prompts, runtime
+from .. import login, notify, prompts, runtime
 from ..agi import AgiSession
 from ..calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
 from ..config import Settings
@@ -35,6 +35,7 @@ from ..ledger import Grant, Ledger, Refusal, Settlement
 from ..login import Cardholder, LoginPolicy, LoginResult, Verdict
 from ..numbers import InvalidNumber, keypad_digits, normalise, normalise_callerid
 from ..prompts.say import say_duration, say_money
+from .topup import TopUpSession, topup_menu
 
 log = logging.getLogger("ivr.flows.access")
 
@@ -180,7 +181,14 @@ async def _admit(s: AccessCall, result: LoginResult) -> Cardholder | None:
         assert result.holder is not None
         await announce_balance(s, result.holder)
         await prompts.play(s.call, "card-empty")
-        return None
+        # The top-up menu, as during a call; with money added the caller goes on.
+        holder = result.holder
+        menu = TopUpSession(s.call, s.settings, s.db, holder.card_id, holder.account_id,
+                            holder.currency, s.callerid)
+        if not await topup_menu(menu):
+            return None
+        refreshed = await asyncio.to_thread(login.holder, s.db, holder.card_id)
+        return refreshed if refreshed.available > 0 else None
     if verdict is not Verdict.OK or result.holder is None:
         await prompts.play(s.call, "invalid-card")
         return None
@@ -203,8 +211,8 @@ async def calls_until_done(s: AccessCall) -> None:
         result = await dial(s, grant)
         if s.call.hung_up:
             return
-        await after_call(s, result)
         s.holder = await asyncio.to_thread(login.holder, s.db, s.holder.card_id)
+        await after_call(s, result)
         if s.holder.available <= 0:
             await prompts.play(s.call, "card-empty")
             return
@@ -285,12 +293,15 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         if s.controller:
             s.controller.track(LiveCall(r.key, call.env.uniqueid, call.env.channel,
                                         grant.reservation_id, grant.seconds,
-                                        prompts.language(call)))
+                                        prompts.language(call), card_id=s.holder.card_id,
+                                        callerid=s.callerid))
         # From here a hang-up handler records the outcome in Asterisk (AstDB) unless we
         # settle first: a call that outlives this server is still settled (ivr.calls).
         await call.set_variable("IVR_SETTLED", "0")
         await call.set_variable("IVR_CALL_KEY", r.key)
         await call.set_variable("CHANNEL(hangup_handler_push)", "ivr-access-hangup,s,1")
+        # The caller may press *9 during the call: the top-up menu (features.conf).
+        await call.set_variable("__DYNAMIC_FEATURES", "topup")
         await call.set_variable("TIMEOUT(absolute)",
                                 s.settings.dial_timeout + grant.seconds + BACKSTOP_MARGIN)
         target = s.settings.trunk_dial.format(number=r.number)
@@ -312,6 +323,7 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
             )
             log.info("%s call to %s: %ss, cost %s %s", s.tag, r.number, settlement.seconds,
                      settlement.cost, grant.currency)
+            notify_low_balance(s, grant.account_id)
         else:
             await asyncio.to_thread(s.ledger.release, grant.reservation_id, uniqueid=r.key,
                                     caller=s.callerid or "", hangup_cause=status)
@@ -332,7 +344,8 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
 
 
 async def after_call(s: AccessCall, result: DialResult) -> None:
-    """What happened, in the caller's ear: a failed dial's reason, or the cost."""
+    """What happened, in the caller's ear: a failed dial's reason, or the cost and the
+    new balance."""
     if result.settlement is None:
         await say_dial_failure(s.call, result.status)
         return
@@ -341,6 +354,7 @@ async def after_call(s: AccessCall, result: DialResult) -> None:
     assert s.holder is not None
     await prompts.play(s.call, "call-cost")
     await say_money(s.call, result.settlement.cost, s.holder.currency)
+    await announce_balance(s, s.holder)
 
 
 async def say_dial_failure(call: AgiSession, status: str) -> None:
@@ -367,6 +381,32 @@ async def _release(s: AccessCall, r: _Reserved, why: str) -> None:
 def _release_unless_dialled(s: AccessCall, r: _Reserved, why: str) -> None:
     s.ledger.release(r.grant.reservation_id, uniqueid=r.key, caller=s.callerid or "",
                      hangup_cause=why)
+
+
+_notices: set[asyncio.Task[object]] = set()
+
+
+def notify_low_balance(s: AccessCall, account_id: int) -> None:
+    """After a charge, the account's low-balance e-mail/SMS (ivr.notify), in the
+    background: the caller does not wait for a mail server."""
+    try:
+        email, sms = notify.senders_from_settings(
+            s.settings, ami=s.controller.ami if s.controller else None)
+    except ValueError as exc:
+        log.warning("%s low-balance notice not sent: %s", s.tag, exc)
+        return
+    if email is None and sms is None:
+        return
+    task = asyncio.ensure_future(notify.check_low_balance(s.db, account_id, email=email,
+                                                          sms=sms))
+    _notices.add(task)
+
+    def done(t: asyncio.Task[object]) -> None:
+        _notices.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("%s low-balance notice failed: %s", s.tag, t.exception())
+
+    task.add_done_callback(done)
 
 
 def _forget(s: AccessCall, key: str) -> None:

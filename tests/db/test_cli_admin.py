@@ -153,3 +153,67 @@ def test_cards_set_callerid(ivr, tmp_path, monkeypatch):
         assert out["callerid"] == "442079460001"
     finally:
         db.dispose()
+
+
+def test_vouchers(ivr, tmp_path):
+    from ivr.accounts import find_account
+    from ivr.db import Database
+    from ivr.vouchers import RedeemVerdict, redeem
+
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700200", "--balance", "1")
+    # The currency defaults to the plans' one.
+    out = json.loads(ivr("vouchers", "generate", "--count", "3", "--value", "5",
+                         "--out", "vouchers.csv", "--batch", "shop-7", "--json"))
+    assert (out["generated"], out["currency"], out["batch"], out["value"]) == (
+        3, "USD", "shop-7", "5.00")
+    path = tmp_path / "vouchers.csv"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    rows = list(csv.DictReader(path.open()))
+    assert [len(r["code"]) for r in rows] == [14, 14, 14]
+    first, second, third = (r["code"] for r in rows)
+    text = ivr("vouchers", "generate", "--count", "1", "--value", "2", "--currency", "eur",
+               "--expires", "2027-12-31", "--length", "16", "--out", "eur.csv")
+    assert "1 voucher(s) of 2.00 EUR" in text and "only copy" in text
+
+    shown = json.loads(ivr("vouchers", "show", first, "--json"))
+    assert (shown["voucher"], shown["status"], shown["value"], shown["currency"]) == (
+        f"...{first[-4:]}", "new", "5.00", "USD")
+    assert first not in json.dumps(shown)
+    db = Database(f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    try:
+        with db.transaction() as s:
+            account_id = find_account(s, "700200").id
+        assert redeem(db, first, account_id=account_id).verdict is RedeemVerdict.OK
+    finally:
+        db.dispose()
+    text = ivr("vouchers", "show", first)
+    assert text.startswith(f"voucher ...{first[-4:]} redeemed: 5.00 USD, batch shop-7")
+    assert "redeemed by account 700200" in text and first not in text
+    assert json.loads(ivr("accounts", "show", "700200", "--json"))["balance"] == "6.00"
+    hist = json.loads(ivr("accounts", "history", "700200", "--json"))
+    assert [e["kind"] for e in hist["entries"]] == ["voucher", "topup"]
+
+    assert json.loads(ivr("vouchers", "void", second, "--json"))["status"] == "void"
+    assert "void" in ivr("vouchers", "void", second)  # twice: harmless
+    # Refusals are one clear line, and never echo a whole code.
+    for args, says in (
+        (("vouchers", "void", first), "already redeemed"),
+        (("vouchers", "show", third[:-1] + str((int(third[-1]) + 1) % 10)), "check digit"),
+        (("vouchers", "generate", "--count", "1", "--value", "5", "--out", "vouchers.csv"),
+         "exists"),
+        (("vouchers", "generate", "--count", "0", "--value", "5", "--out", "x.csv"), "count"),
+        (("vouchers", "generate", "--count", "1", "--value", "0", "--out", "x.csv"),
+         "positive"),
+    ):
+        err = ivr(*args, expect=1)
+        assert says in err and err.count("\n") == 1, err
+        assert not any(r["code"] in err for r in rows)
+    assert not (tmp_path / "x.csv").exists()
+    ivr("plans", "create", "euro", "--currency", "EUR")
+    assert "give --currency (plans use EUR, USD)" in ivr(
+        "vouchers", "generate", "--count", "1", "--value", "5", "--out", "y.csv", expect=1)
+    # The database holds hashes only.
+    blob = (tmp_path / "cli.sqlite3").read_bytes() + b"".join(
+        p.read_bytes() for p in tmp_path.glob("cli.sqlite3-*"))
+    assert all(r["code"].encode() not in blob for r in rows)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr import prompts, runtime
+from ivr import autorecharge, prompts, runtime
 from ivr.agi import AgiServer
 from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance, instance_for
@@ -153,7 +153,8 @@ async def _access_line(
     db = await asyncio.to_thread(runtime.get_database)
     create_test_plan(db)
     ledger = runtime.get_ledger()
-    controller = CallController.from_settings(ami, ledger, settings)
+    controller = CallController.from_settings(ami, ledger, settings,
+                                              auto_recharge=autorecharge.recharge)
     runtime.set_controller(controller)
     server = AgiServer(ROUTES, "127.0.0.1", settings.agi_port, header_timeout=2)
     await server.start()

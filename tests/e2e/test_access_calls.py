@@ -22,7 +22,7 @@ async def test_call_of_known_length_is_charged_exactly(access_line: AccessLine, 
     await caller.log_in(card)
     # 999 605 ...: the test trunk answers and hangs up after 5 seconds.
     await caller.dial("9996051234")
-    await caller.wait_prompt("call-cost")
+    await caller.wait_prompt("another-call")
     await call.hangup()
     await call.wait_ended()
     await access_line.server.wait_idle()
@@ -30,6 +30,10 @@ async def test_call_of_known_length_is_charged_exactly(access_line: AccessLine, 
     said = caller.heard
     assert said[:3] == ["welcome", "enter-card-number", "enter-pin"]
     assert "your-balance-is" in said and "you-have" in said and "connecting" in said
+    # After the call: its cost, then the new balance (4 dollars and 95 cents).
+    after = said[said.index("call-cost"):]
+    assert after[:4] == ["call-cost", "number:5", "unit-cents", "your-balance-is"]
+    assert after[4:8] == ["number:4", "digits/dollars", "vm-and", "number:95"]
     balance, reserved, entries = account_state(access_line, card.account)
     # 0.60 a minute, per second: 5 seconds cost exactly 0.05.
     assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]

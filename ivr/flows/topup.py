@@ -1,0 +1,257 @@
+"""Mid-call top-up (route ``topup``): the caller presses ``*9`` during a call.
+
+Asterisk runs this route on the caller's channel through the ``topup`` feature
+(features.conf applicationmap, enabled per call by DYNAMIC_FEATURES); meanwhile the called
+party hears music on hold, and when the route returns the bridge goes on. The same menu
+(:func:`topup_menu`) is offered at log-in to a card with nothing left.
+
+Menu: 1 a payment card (number, expiry MMYY, security code; the last four digits are read
+back), 2 a recharge code, 3 the payment method already linked to the account, confirmed
+with the PIN; then an amount from ``topup_amounts``. On success the account is credited
+(once per payment id), the live call's Asterisk-side limit moves to what the new balance
+buys, and the caller hears the new balance and time. On failure or timeout: a prompt, and
+back to the call with its old limit.
+
+Every key typed here is read with ``secret=True``: never logged by us, and the server's
+AMI session receives no DTMF or AGI events. Only the last four digits of a card are
+spoken or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from .. import login, payments, prompts, runtime, vouchers
+from ..agi import AgiSession
+from ..ami import AmiError
+from ..config import Settings
+from ..db import Database
+from ..login import LoginPolicy, Verdict
+from ..numbers import keypad_digits
+from ..prompts.say import say_duration, say_money
+
+log = logging.getLogger("ivr.flows.topup")
+
+MAX_TRIES = 3
+BACKSTOP_MARGIN = 30  # as in the access route: the caller channel's looser limit
+
+
+@dataclass
+class TopUpSession:
+    call: AgiSession
+    settings: Settings
+    db: Database
+    card_id: int
+    account_id: int
+    currency: str
+    callerid: str | None = None
+
+    @property
+    def tag(self) -> str:
+        return f"[{self.call.env.uniqueid}]"
+
+
+async def topup(call: AgiSession) -> None:
+    """The ``*9`` feature during a call."""
+    controller = runtime.get_controller()
+    live = controller.live_call(call.env.uniqueid) if controller else None
+    if controller is None or live is None or live.card_id is None:
+        log.warning("[%s] top-up key outside a tracked call", call.env.uniqueid)
+        await prompts.play(call, "service-unavailable")
+        return
+    prompts.set_language(call, live.language)
+    settings = runtime.get_settings()
+    db, ledger = await asyncio.to_thread(lambda: (runtime.get_database(), runtime.get_ledger()))
+    holder = await asyncio.to_thread(login.holder, db, live.card_id)
+    session = TopUpSession(call, settings, db, live.card_id, holder.account_id,
+                           holder.currency, live.callerid)
+    log.info("%s top-up menu during call %s", session.tag, live.key)
+    # Paying takes a minute; the call must not end meanwhile. The caller channel's own
+    # backstop counts from when it is set.
+    await controller.hold_open(call.env.uniqueid, settings.topup_grace)
+    await call.set_variable("TIMEOUT(absolute)", settings.topup_grace + BACKSTOP_MARGIN)
+    added = False
+    try:
+        added = await topup_menu(session)
+    finally:
+        granted = live.granted
+        if added:
+            granted = (await asyncio.to_thread(ledger.extend, live.reservation_id)).seconds
+        # With nothing added this puts the old limit back.
+        try:
+            await controller.extend(call.env.uniqueid, granted)
+        except (AmiError, LookupError) as exc:  # the call ended meanwhile
+            log.info("%s limit not moved: %s", session.tag, exc)
+    left = controller.seconds_left(live)
+    await call.set_variable("TIMEOUT(absolute)", left + BACKSTOP_MARGIN)
+    if added:
+        log.info("%s call %s may now last %ss (%ss left)", session.tag, live.key, granted,
+                 left)
+        await prompts.play(call, "you-have")
+        await say_duration(call, left, whole_minutes=left >= 60)
+        await prompts.play(call, "for-this-call")
+    await prompts.play(call, "returning-to-call")
+
+
+async def topup_menu(s: TopUpSession) -> bool:
+    """The menu; True when money was added."""
+    for _ in range(MAX_TRIES):
+        choice = await prompts.ask(s.call, "topup-menu", 6000, 1)
+        if choice is None or choice == "*":
+            return False
+        if choice == "1":
+            return await by_card(s)
+        if choice == "2":
+            return await by_code(s)
+        if choice == "3":
+            return await by_saved_method(s)
+        await prompts.play(s.call, "invalid-option")
+    return False
+
+
+# --------------------------------------------------------------------------- methods
+
+
+async def by_card(s: TopUpSession) -> bool:
+    card = await read_card(s)
+    if card is None:
+        return False
+    amount = await choose_amount(s)
+    if amount is None:
+        return False
+    await prompts.play(s.call, "processing-payment")
+    gateway = runtime.get_gateway()
+    result = await payments.pay_with_card(s.db, gateway, s.account_id, card, amount,
+                                          payment_id=new_payment_id())
+    return await tell_payment(s, result)
+
+
+async def read_card(s: TopUpSession) -> payments.CardDetails | None:
+    """Number, expiry and security code, checked, with the last four read back."""
+    for _ in range(MAX_TRIES):
+        number = keypad_digits(await prompts.ask(s.call, "enter-credit-card", 15_000, 19,
+                                                 secret=True))
+        expiry = keypad_digits(await prompts.ask(s.call, "enter-expiry", 10_000, 4,
+                                                 secret=True))
+        cvv = keypad_digits(await prompts.ask(s.call, "enter-cvv", 10_000, 4, secret=True))
+        try:
+            payments.validate_card(number, expiry, cvv, datetime.now(UTC).date())
+        except payments.CardInvalid as exc:
+            log.info("%s card details refused: %s", s.tag, exc)
+            await prompts.play(s.call, "card-not-valid")
+            continue
+        await prompts.play(s.call, "card-ending-in")
+        await s.call.say_digits(number[-4:])
+        choice = await prompts.ask(s.call, "confirm-or-reenter", 6000, 1)
+        if choice == "1":
+            return payments.CardDetails(number, expiry, cvv)
+        if choice != "2":
+            return None
+    return None
+
+
+async def by_code(s: TopUpSession) -> bool:
+    typed = keypad_digits(await prompts.ask(s.call, "enter-voucher", 15_000, 20, secret=True))
+    if not typed:
+        await prompts.play(s.call, "no-input")
+        return False
+    result = await asyncio.to_thread(
+        vouchers.redeem, s.db, typed, account_id=s.account_id, card_id=s.card_id,
+        max_failures=s.settings.pin_max_failures,
+    )
+    verdict = result.verdict.name
+    log.info("%s recharge code: %s", s.tag, verdict)
+    if verdict == "OK":
+        await prompts.play(s.call, "topup-done")
+        await prompts.play(s.call, "your-new-balance-is")
+        await say_money(s.call, result.balance, s.currency)
+        return True
+    if verdict == "USED":
+        await prompts.play(s.call, "voucher-used")
+    elif verdict == "LOCKED":
+        await prompts.play(s.call, "card-locked")
+    else:
+        await prompts.play(s.call, "invalid-voucher")
+    return False
+
+
+async def by_saved_method(s: TopUpSession) -> bool:
+    pin = keypad_digits(await prompts.ask(s.call, "enter-pin-to-confirm", 10_000, 12,
+                                          secret=True))
+    checked = await asyncio.to_thread(login.verify_pin, s.db, s.card_id, pin, s.callerid,
+                                      LoginPolicy.from_settings(s.settings))
+    if checked.verdict not in (Verdict.OK, Verdict.EMPTY):
+        log.info("%s saved-method top-up refused: %s", s.tag, checked.verdict.value)
+        if checked.verdict is Verdict.WRONG_PIN:
+            await prompts.play(s.call, "wrong-pin")
+        else:
+            await prompts.play(s.call, "card-locked")
+        return False
+    amount = await choose_amount(s)
+    if amount is None:
+        return False
+    await prompts.play(s.call, "processing-payment")
+    gateway = runtime.get_gateway()
+    result = await payments.pay_with_stored(s.db, gateway, s.account_id, amount,
+                                            payment_id=new_payment_id())
+    return await tell_payment(s, result)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def amount_choices(settings: Settings) -> list[Decimal]:
+    return payments.parse_topup_amounts(settings.topup_amounts)[:9]
+
+
+async def choose_amount(s: TopUpSession) -> Decimal | None:
+    """"Please choose an amount. For 5 dollars press 1. For 10 dollars press 2. ..." """
+    choices = amount_choices(s.settings)
+    if not choices:
+        await prompts.play(s.call, "payment-unavailable")
+        return None
+    keys = "".join(str(i + 1) for i in range(len(choices)))
+    for _ in range(MAX_TRIES):
+        digit = await prompts.play(s.call, "choose-amount", keys)
+        for i, value in enumerate(choices):
+            digit = digit or await prompts.play(s.call, "for-amount", keys)
+            digit = digit or await say_money(s.call, value, s.currency, keys)
+            digit = digit or await prompts.play(s.call, "press", keys)
+            digit = digit or await s.call.say_digits(str(i + 1), keys)
+            if digit:
+                break
+        if not digit:
+            digit = await s.call.wait_for_digit(5000)
+        if digit and digit in keys:
+            return choices[int(digit) - 1]
+        if digit:
+            await prompts.play(s.call, "invalid-option")
+        else:
+            await prompts.play(s.call, "no-input")
+    return None
+
+
+async def tell_payment(s: TopUpSession, result: payments.TopUpResult) -> bool:
+    verdict = result.verdict.name
+    log.info("%s payment %s: %s", s.tag, result.payment_id, verdict)
+    if verdict == "APPROVED":
+        await prompts.play(s.call, "topup-done")
+        await prompts.play(s.call, "your-new-balance-is")
+        await say_money(s.call, result.balance, s.currency)
+        return True
+    if verdict == "DECLINED":
+        await prompts.play(s.call, "payment-declined")
+    elif verdict == "NO_METHOD":
+        await prompts.play(s.call, "no-saved-method")
+    else:  # TIMEOUT, ERROR
+        await prompts.play(s.call, "payment-unavailable")
+    return False
+
+
+def new_payment_id() -> str:
+    return f"ivr-{uuid.uuid4().hex}"

@@ -1,0 +1,224 @@
+"""Mid-call top-up in a real Asterisk: *9 during a call holds the other party on music,
+the caller pays through the menu, and the call goes on with a later limit."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from ivr.ami import AmiClient
+from ivr.asterisk import AsteriskInstance
+from ivr.db.models import Account, EntryKind, Payment, PaymentMethod
+from ivr.payments import SandboxGateway
+from ivr.testing.access import AccessLine, Caller, account_state, cdrs
+from ivr.testing.phone import Call, Phone
+
+pytestmark = pytest.mark.asterisk
+
+SANDBOX_OK = "4111111111111111"
+SANDBOX_DECLINED = "4000000000000002"
+CVV = "918"
+TOPUP = {"low_balance_warning": 0, "final_warning": 0, "topup_amounts": "0.40,1.00"}
+
+
+class Legs:
+    """AMI events of one call: answer, hold music on the called leg, hang-ups."""
+
+    def __init__(self, ami: AmiClient) -> None:
+        self.events: list[tuple[float, dict[str, str]]] = []
+        self._off = [ami.on_event(n, self._seen) for n in
+                     ("DialEnd", "Hangup", "MusicOnHoldStart", "MusicOnHoldStop")]
+
+    def _seen(self, event: object) -> None:
+        self.events.append((time.monotonic(), dict(event)))  # type: ignore[call-overload]
+
+    def close(self) -> None:
+        for off in self._off:
+            off()
+
+    def first(self, name: str, **match: str) -> tuple[float, dict[str, str]] | None:
+        for t, e in self.events:
+            if e.get("Event") == name and all(e.get(k) == v for k, v in match.items()):
+                return t, e
+        return None
+
+    async def wait(self, call: Call, name: str, timeout: float = 60, **match: str):
+        deadline = time.monotonic() + timeout
+        while (found := self.first(name, **match)) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {name} {match}; AGI: {[c.raw for c in call.commands]}")
+            await asyncio.sleep(0.05)
+        return found
+
+
+async def answered_call(line: AccessLine, phone: Phone, legs: Legs, balance: str):
+    card = line.card(balance)
+    call = await phone.call("ivr-access", callerid="15550009000")
+    caller = Caller(call)
+    await caller.log_in(card)
+    await caller.dial("2125550100")  # answers and stays on the line
+    answered_at, dial_end = await legs.wait(call, "DialEnd", Uniqueid=call.id,
+                                            DialStatus="ANSWER")
+    return card, call, caller, answered_at, dial_end["DestChannel"]
+
+
+async def pay_by_card(caller: Caller, number: str) -> None:
+    await caller.answer("topup-menu", "1")
+    await caller.answer("enter-credit-card", number + "#")
+    await caller.answer("enter-expiry", "1239")
+    await caller.answer("enter-cvv", CVV + "#")
+    await caller.answer("confirm-or-reenter", "1")
+    await caller.wait_prompt("choose-amount")
+    await caller.call.send_dtmf("1")  # the first amount: 0.40
+
+
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_star9_top_up_by_card_moves_the_limit_without_dropping_the_call(
+    access_line: AccessLine, phone: Phone, ami: AmiClient, asterisk: AsteriskInstance,
+    caplog: pytest.LogCaptureFixture,
+):
+    caplog.set_level(logging.DEBUG)
+    legs = Legs(ami)
+    try:
+        # 0.20 buys 20 s to the US; the top-up of 0.40 makes it 60 s from answer.
+        card, call, caller, answered_at, callee = await answered_call(
+            access_line, phone, legs, "0.20")
+        await asyncio.sleep(2)
+        await call.send_dtmf("*9")
+        held_at, _ = await legs.wait(call, "MusicOnHoldStart", Channel=callee)
+        await pay_by_card(caller, SANDBOX_OK)
+        await caller.wait_prompt("returning-to-call")
+        resumed_at, _ = await legs.wait(call, "MusicOnHoldStop", Channel=callee)
+        ended_at, _ = await legs.wait(call, "Hangup", timeout=90, Channel=callee)
+        await caller.wait_prompt("call-cost")
+        await call.hangup()
+        await call.wait_ended()
+        await access_line.server.wait_idle()
+    finally:
+        legs.close()
+
+    assert held_at - answered_at < 5  # the called party was put on hold at once
+    assert resumed_at - answered_at > 20  # the menu outlasted the original grant ...
+    assert abs((ended_at - answered_at) - 60) <= 1.0, ended_at - answered_at  # ... new cut
+    heard = caller.heard
+    assert heard.index("topup-done") < heard.index("returning-to-call")
+    assert "number:1111" not in heard and "digits:1111" in heard  # last four read back
+    balance, reserved, entries = account_state(access_line, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.TOPUP, EntryKind.CALL]
+    assert entries[1].amount == Decimal("0.40") and entries[2].amount == Decimal("-0.60")
+    assert balance == 0 and reserved == 0
+    (cdr,) = cdrs(access_line)
+    assert cdr.billable_seconds == 60
+    # Neither the card number nor the CVV is anywhere: our logs, Asterisk's, the database.
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ivr"))
+    assert "payment" in ours
+    assert_nowhere(access_line, asterisk, ours, [SANDBOX_OK, CVV])
+
+
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_declined_card_and_wrong_code_leave_the_old_limit(
+    access_line: AccessLine, phone: Phone, ami: AmiClient
+):
+    legs = Legs(ami)
+    try:
+        card, call, caller, answered_at, callee = await answered_call(
+            access_line, phone, legs, "0.30")
+        await asyncio.sleep(1)
+        await call.send_dtmf("*9")
+        await legs.wait(call, "MusicOnHoldStart", Channel=callee)
+        await pay_by_card(caller, SANDBOX_DECLINED)
+        await caller.wait_prompt("payment-declined")
+        await caller.wait_prompt("returning-to-call")
+        await legs.wait(call, "MusicOnHoldStop", Channel=callee)
+        await call.send_dtmf("*9")
+        await caller.answer("topup-menu", "2")
+        await caller.answer("enter-voucher", "12345678901234#")
+        await caller.wait_prompt("invalid-voucher")
+        ended_at, _ = await legs.wait(call, "Hangup", timeout=90, Channel=callee)
+        await call.hangup()
+        await call.wait_ended()
+        await access_line.server.wait_idle()
+    finally:
+        legs.close()
+    # The menus ran past the 30-second grant, so the call ended as soon as the second
+    # one closed, and only the 30 seconds were charged.
+    assert ended_at - answered_at >= 30
+    balance, reserved, entries = account_state(access_line, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert balance == 0 and reserved == 0
+    with access_line.db.transaction() as s:
+        assert [p.status for p in s.scalars(select(Payment))] == ["declined"]
+
+
+def assert_nowhere(line: AccessLine, asterisk: AsteriskInstance, ours: str,
+                   secrets: list[str]) -> None:
+    """No secret in our logs, Asterisk's logs, or any column of any table. A secret is
+    looked for as a whole number (not inside a longer run of digits, nor as the
+    fraction of a timestamp), so a 3-digit CVV is not "found" in a uniqueid."""
+    patterns = [re.compile(rf"(?<![\d.]){s}(?!\d)") for s in secrets]
+    texts = {"our log": ours}
+    log_dir = Path(asterisk.host(f"{asterisk.state_dir}/log"))
+    for path in log_dir.rglob("*"):
+        if path.is_file():
+            texts[str(path)] = path.read_text(errors="replace")
+    with line.db.engine.connect() as conn:
+        for table in inspect(conn).get_table_names():
+            rows = conn.execute(text(f'SELECT * FROM "{table}"'))
+            texts[f"table {table}"] = "\n".join(" ".join(map(str, row)) for row in rows)
+    assert len(texts) > 10
+    for where, data in texts.items():
+        for pattern in patterns:
+            assert not pattern.search(data), f"{pattern.pattern} in {where}"
+
+
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_auto_recharge_fires_once_when_the_call_crosses_the_threshold(
+    access_line: AccessLine, phone: Phone, ami: AmiClient
+):
+    card = access_line.card("0.15")  # 15 s to the US
+    gateway = SandboxGateway(access_line.settings.payment_sandbox_secret.encode())
+    with access_line.db.transaction() as s:
+        account = s.scalar(select(Account).where(Account.number == card.account))
+        assert account is not None
+        # Below 0.10 (after 5 s of this call), charge 0.20 to the linked card.
+        account.auto_recharge_threshold = Decimal("0.10")
+        account.auto_recharge_amount = Decimal("0.20")
+        account.auto_recharge_daily_cap = Decimal("1.00")
+        s.add(PaymentMethod(account_id=account.id, token=gateway.token_for(SANDBOX_OK),
+                            last4="1111", brand="visa", expiry="1239", active=True,
+                            created_at=datetime.now(UTC)))
+    legs = Legs(ami)
+    try:
+        call = await phone.call("ivr-access", callerid="15550009100")
+        caller = Caller(call)
+        await caller.log_in(card)
+        await caller.dial("2125550100")
+        answered_at, dial_end = await legs.wait(call, "DialEnd", Uniqueid=call.id,
+                                                DialStatus="ANSWER")
+        ended_at, _ = await legs.wait(call, "Hangup", timeout=90,
+                                      Channel=dial_end["DestChannel"])
+        await caller.wait_prompt("call-cost")
+        await call.hangup()
+        await call.wait_ended()
+        await access_line.server.wait_idle()
+    finally:
+        legs.close()
+    # 0.15 + 0.20 buys 35 s: the call ran past its first grant of 15 s.
+    assert abs((ended_at - answered_at) - 35) <= 1.0, ended_at - answered_at
+    balance, reserved, entries = account_state(access_line, card.account)
+    assert [(e.kind, e.amount) for e in entries] == [
+        (EntryKind.TOPUP, Decimal("0.15")), (EntryKind.TOPUP, Decimal("0.20")),
+        (EntryKind.CALL, Decimal("-0.35"))]
+    assert balance == 0 and reserved == 0
+    with access_line.db.transaction() as s:
+        payments = list(s.scalars(select(Payment)))
+    assert [(p.source, p.status, p.amount) for p in payments] == [
+        ("auto", "approved", Decimal("0.20"))]
