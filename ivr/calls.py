@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -288,8 +289,11 @@ class CallController:
         if call.answered_at is not None and call.dest_channel:
             if self.ami is None:
                 raise AmiError("no AMI connection to move the call's limit")
+            # Whole seconds, rounded up: the cut may come up to 1 s after the grant (not
+            # charged: settle caps at the grant), never before it.
+            left = call.granted - (self.now() - call.answered_at)
             await self.ami.action("AbsoluteTimeout", Channel=call.dest_channel,
-                                  Timeout=max(1, self.seconds_left(call)))
+                                  Timeout=max(1, math.ceil(left)))
             self._schedule_warnings(call)
 
     # ------------------------------------------------------------------ recovery

@@ -142,18 +142,23 @@ async def test_declined_card_and_wrong_code_leave_the_old_limit(
         await caller.answer("topup-menu", "2")
         await caller.answer("enter-voucher", "12345678901234#")
         await caller.wait_prompt("invalid-voucher")
+        await caller.wait_prompt("returning-to-call")
+        back_at = time.monotonic()
         ended_at, _ = await legs.wait(call, "Hangup", timeout=90, Channel=callee)
         await call.hangup()
         await call.wait_ended()
         await access_line.server.wait_idle()
     finally:
         legs.close()
-    # The menus ran past the 30-second grant, so the call ended as soon as the second
-    # one closed, and only the 30 seconds were charged.
-    assert ended_at - answered_at >= 30
+    # The old limit held: the call ended at its 30-second grant, or, when the menu was
+    # still open then, as soon as it closed; and only the 30 seconds were charged.
+    assert ended_at - answered_at >= 29
+    assert ended_at <= max(answered_at + 30, back_at) + 3, (ended_at - answered_at,
+                                                             back_at - answered_at)
     balance, reserved, entries = account_state(access_line, card.account)
     assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
     assert balance == 0 and reserved == 0
+    assert cdrs(access_line)[0].billable_seconds == 30
     with access_line.db.transaction() as s:
         assert [p.status for p in s.scalars(select(Payment))] == ["declined"]
 
