@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select, text
 
+from ivr import vouchers
 from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance
 from ivr.db.models import Account, EntryKind, Payment, PaymentMethod
@@ -227,3 +228,38 @@ async def test_auto_recharge_fires_once_when_the_call_crosses_the_threshold(
         payments = list(s.scalars(select(Payment)))
     assert [(p.source, p.status, p.amount) for p in payments] == [
         ("auto", "approved", Decimal("0.20"))]
+
+
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_an_empty_card_is_offered_the_menu_and_a_recharge_code_lets_it_call(
+    access_line: AccessLine, phone: Phone, tmp_path: Path
+):
+    card = access_line.card("0")
+    (voucher,) = vouchers.generate(access_line.db, 1, Decimal("0.50"), "USD",
+                                   tmp_path / "vouchers.csv")
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.log_in(card)
+    await caller.wait_prompt("card-empty")
+    await caller.answer("topup-menu", "2")
+    await caller.answer("enter-voucher", voucher.code + "#")
+    await caller.wait_prompt("topup-done")
+    await caller.dial("9996021234")  # a 2-second call, paid from the code
+    await caller.wait_prompt("call-cost")
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    balance, _, entries = account_state(access_line, card.account)
+    assert [(e.kind, e.amount) for e in entries] == [
+        (EntryKind.VOUCHER, Decimal("0.50")), (EntryKind.CALL, Decimal("-0.02"))]
+    assert balance == Decimal("0.48")
+    # The code is spent: a second caller cannot use it.
+    other = access_line.card("0")
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.log_in(other)
+    await caller.answer("topup-menu", "2")
+    await caller.answer("enter-voucher", voucher.code + "#")
+    await caller.wait_prompt("voucher-used")
+    await call.hangup()
+    await call.wait_ended()
