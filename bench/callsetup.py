@@ -15,10 +15,9 @@ all N are there; then the digits are sent, round 1 as a Poisson stream (``--rate
 second), round 2 all at once. Each call's Dial is held until all N are in Dial (the server's
 RSS is read then), then answered NOANSWER; the caller asks for another call after round 1.
 
-Ours runs twice on SQLite: as `ivr serve` would (glibc malloc defaults), and with
-``MALLOC_MMAP_THRESHOLD_`` pinned at 1 MiB, because the 16 MiB scrypt work area of each PIN
-check otherwise stays in the malloc arena of whichever worker thread ran it: up to one per
-thread, which swamps the per-call figure with +-15 MB steps unrelated to the live calls.
+Ours runs as `ivr serve` runs (ivr.cli.serve: gc.freeze after start-up, PIN checks on
+their own two threads so scrypt's 16 MiB work areas stay in two malloc arenas). ``--mmap``
+also pins ``MALLOC_MMAP_THRESHOLD_`` at 1 MiB, which hands those areas back to the OS.
 """
 
 from __future__ import annotations
@@ -96,30 +95,26 @@ def serve(spec: str) -> int:
     """The FastAGI server under test, in this (child) process: the real routes, no AMI
     controller, logging at INFO to stderr as `ivr serve` does. Prints its port; SIGTERM
     stops it."""
-    from ivr import prompts, runtime
-    from ivr.agi import AgiServer
+    from ivr import prompts
+    from ivr.cli import serve as cli_serve
     from ivr.config import Settings
-    from ivr.flows import ROUTES
     from ivr.prompts import PromptStore, load_catalogue
+    from ivr.testing import free_port
 
     cfg = json.loads(spec)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(data_dir=Path(cfg["data_dir"]), database_url=cfg["database_url"],
                         access_languages="en")
-    runtime.set_settings(settings)
-    runtime.set_controller(None)
     prompts.set_store(PromptStore(Path(cfg["store"]), cfg["store"]), load_catalogue())
 
     async def run() -> None:
-        await asyncio.to_thread(runtime.get_ledger)
-        server = AgiServer(ROUTES, "127.0.0.1", 0)
-        await server.start()
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        print(server.port, flush=True)
-        await stop.wait()
-        await server.shutdown(5)
+        # The server exactly as `ivr serve` runs it. Its AMI port is one nobody listens on:
+        # no controller events here (it keeps retrying in the background, as in production
+        # with AMI down), so the live calls are still registered but never whispered to.
+        port = free_port()
+        await cli_serve(settings.replace(agi_port=port, ami_port=free_port()),
+                        on_started=lambda: print(port, flush=True))
 
     if cfg.get("profile"):
         import cProfile
@@ -527,9 +522,9 @@ def report(args: argparse.Namespace, results: list[Result], *, store_note: str,
     print(f"call-setup bench: {n} calls in flight on the access line; {os.cpu_count()} CPUs "
           f"shared by this driver, the server and the scripts; Python "
           f"{platform.python_version()}, {platform.system()} {platform.release()}")
-    print("ours: AgiServer + the real `access` route in its own process (logging INFO to a "
-          "file), no AMI controller (runtime.set_controller(None): no mid-call warnings or "
-          f"recovery), access_languages=en; prompts from {store_note}")
+    print("ours: `ivr serve` (ivr.cli.serve, the real routes) in its own process, logging INFO "
+          "to a file; AMI pointed at a closed port, so the call controller registers calls "
+          f"but gets no events; access_languages=en; prompts from {store_note}")
     print("classic: `python3 bench/classic_agi.py` forked per call as AGI() does (pyst2 over "
           "stdin/stdout, sqlite3 on a copy of the same fresh SQLite database)")
     print(f"SQLite files in {db_dir} (WAL, synchronous=FULL: an fsync per commit); fsync "
@@ -547,10 +542,9 @@ def report(args: argparse.Namespace, results: list[Result], *, store_note: str,
           "p50/p99 by nearest rank.")
     print("KB/call: ours = server RSS growth (/proc VmRSS) from idle to all calls in Dial "
           "(round 1), / calls; classic = mean RSS of one process in Dial. CPU/call: the whole "
-          "call (log-in and its scrypt PIN check included), server process or all scripts. "
-          f"mmap 1M: the server ran with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}, so the "
-          "16 MiB scrypt work area of each PIN check goes back to the OS instead of staying in "
-          "a worker thread's malloc arena.")
+          "call (log-in and its scrypt PIN check included), server process or all scripts."
+          + (f" --mmap: the server ran with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}."
+             if args.mmap else ""))
     print()
     print(f"{'':36}{'':16}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}{'KB/call':>10}"
           f"{'CPU ms/call':>13}")
@@ -596,17 +590,15 @@ async def bench(args: argparse.Namespace) -> int:
         classic_db = tmp / "classic.sqlite3"
         await asyncio.to_thread(copy_sqlite, db_path, classic_db)
         results = [
-            await run_ours("ours, SQLite", url, cards, store, tmp, args, pin_mmap=False,
+            await run_ours("ours, SQLite", url, cards, store, tmp, args, pin_mmap=args.mmap,
                            profile=args.profile),
-            await run_ours("ours, SQLite, mmap 1M", url, cards, store, tmp, args,
-                           pin_mmap=True),
         ]
         checks = [f"ours, SQLite: reservations afterwards {reservations(url)}"]
         if args.database_url:
             with Postgres(args.database_url) as pg:
                 pg_cards = await asyncio.to_thread(prepare_database, pg.url, args.calls, tmp)
-                results.append(await run_ours("ours, PostgreSQL, mmap 1M", pg.url, pg_cards,
-                                              store, tmp, args, pin_mmap=True))
+                results.append(await run_ours("ours, PostgreSQL", pg.url, pg_cards,
+                                              store, tmp, args, pin_mmap=args.mmap))
                 checks.append(f"ours, PostgreSQL: reservations afterwards "
                               f"{reservations(pg.url)}")
         results.append(await run_classic(classic_db, cards, tmp, args))
@@ -630,6 +622,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="where the SQLite files go (default: the temp dir; try /dev/shm "
                         "to take the disk out)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--mmap", action="store_true",
+                        help="run our server with MALLOC_MMAP_THRESHOLD_=1MiB")
     parser.add_argument("--profile", metavar="FILE",
                         help="cProfile the event-loop thread of the first server into FILE")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
