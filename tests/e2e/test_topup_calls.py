@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
 from sqlalchemy import inspect, select, text
 
 from ivr import vouchers
@@ -19,6 +20,7 @@ from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance
 from ivr.db.models import Account, EntryKind, Payment, PaymentMethod
 from ivr.payments import SandboxGateway
+from ivr.testing import free_port
 from ivr.testing.access import AccessLine, Caller, account_state, cdrs
 from ivr.testing.phone import Call, Phone
 
@@ -263,3 +265,51 @@ async def test_an_empty_card_is_offered_the_menu_and_a_recharge_code_lets_it_cal
     await caller.wait_prompt("voucher-used")
     await call.hangup()
     await call.wait_ended()
+
+
+class _Mailbox:
+    def __init__(self) -> None:
+        self.envelopes: list[object] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        self.envelopes.append(envelope)
+        return "250 accepted"
+
+
+SMTP_PORT = free_port()
+
+
+@pytest.mark.parametrize(
+    "access_line", [{**TOPUP, "smtp_host": "127.0.0.1", "smtp_port": SMTP_PORT}], indirect=True)
+async def test_a_call_that_takes_the_balance_low_sends_one_e_mail(
+    access_line: AccessLine, phone: Phone
+):
+    mailbox = _Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=SMTP_PORT)
+    smtp.start()
+    try:
+        card = access_line.card("1.00")
+        with access_line.db.transaction() as s:
+            account = s.scalar(select(Account).where(Account.number == card.account))
+            assert account is not None
+            account.email = "holder@example.test"
+            account.low_balance_notice = Decimal("0.99")
+        for _ in range(2):  # two calls below the line: one notice
+            call = await phone.call("ivr-access")
+            caller = Caller(call)
+            await caller.log_in(card)
+            await caller.dial("9996021234")  # 2 s: 0.02
+            await caller.wait_prompt("call-cost")
+            await call.hangup()
+            await call.wait_ended()
+            await access_line.server.wait_idle()
+        for _ in range(50):
+            if mailbox.envelopes:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+    finally:
+        smtp.stop()
+    assert len(mailbox.envelopes) == 1
+    body = mailbox.envelopes[0].content.decode()  # type: ignore[attr-defined]
+    assert card.account in body and "0.98" in body  # sent after the first call
