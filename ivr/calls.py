@@ -9,7 +9,7 @@ caller's channel with ChanSpy (``w``), so the called party hears nothing.
 It does not enforce the limit: Asterisk does (``TIMEOUT(absolute)`` on the called channel,
 set at answer by the ``ivr-access-answered`` Gosub), so a dead server or a lost AMI
 connection can never let a call run unpaid. :meth:`CallController.extend` moves that limit
-during a call (AMI ``AbsoluteTimeout``).
+during a call (AMI ``Setvar`` of ``TIMEOUT(absolute)``, to the millisecond).
 
 Recovery: when the server was down while a call ended, Asterisk's hang-up handler
 (``ivr-access-hangup``) recorded how it ended in AstDB (family ``ivr-calls``, key = the
@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,8 +275,7 @@ class CallController:
         call.cancel_timers()
         if (call.answered_at is not None and call.dest_channel and self.ami is not None
                 and self.seconds_left(call) < seconds):
-            await self.ami.action("AbsoluteTimeout", Channel=call.dest_channel,
-                                  Timeout=seconds)
+            await self._set_limit(call, float(seconds))
 
     async def extend(self, uniqueid: str, granted: int) -> None:
         """Let a live call last ``granted`` seconds from its answer (after a top-up):
@@ -289,12 +287,17 @@ class CallController:
         if call.answered_at is not None and call.dest_channel:
             if self.ami is None:
                 raise AmiError("no AMI connection to move the call's limit")
-            # Whole seconds, rounded up: the cut may come up to 1 s after the grant (not
-            # charged: settle caps at the grant), never before it.
-            left = call.granted - (self.now() - call.answered_at)
-            await self.ami.action("AbsoluteTimeout", Channel=call.dest_channel,
-                                  Timeout=max(1, math.ceil(left)))
+            await self._set_limit(call, call.granted - (self.now() - call.answered_at))
             self._schedule_warnings(call)
+
+    async def _set_limit(self, call: LiveCall, seconds: float) -> None:
+        """End the call ``seconds`` from now: TIMEOUT(absolute) on the called channel, set
+        over AMI to the millisecond (the AbsoluteTimeout action takes whole seconds). Our
+        answer time is the DialEnd event's, a few ms after the answer Gosub's, so the cut
+        never comes before the grant the ledger charges."""
+        assert self.ami is not None
+        await self.ami.action("Setvar", Channel=call.dest_channel,
+                              Variable="TIMEOUT(absolute)", Value=f"{max(0.5, seconds):.3f}")
 
     # ------------------------------------------------------------------ recovery
 
