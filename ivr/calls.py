@@ -47,6 +47,7 @@ class LiveCall:
     language: str = "en"
     card_id: int | None = None
     callerid: str | None = None
+    auto_recharge: bool = False  # the account has it set (Grant.auto_recharge)
     dest_channel: str = ""
     answered_at: float | None = None  # loop time
     whispers: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds after answer)
@@ -160,7 +161,7 @@ class CallController:
         call.answered_at = self.now()
         call.dest_channel = event.get("DestChannel", call.dest_channel)
         self._schedule_warnings(call)
-        if self.auto_recharge is not None:
+        if self.auto_recharge is not None and call.auto_recharge:
             asyncio.ensure_future(self._plan_auto_recharge(call))
 
     def _on_hangup(self, event: Any) -> None:

@@ -68,6 +68,8 @@ class Grant:
     prefix: str
     destination: str
     currency: str
+    # The account has auto-recharge set: the call controller plans it for this call.
+    auto_recharge: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,9 @@ class Ledger:
             account.reserved += q.cost
             s.flush()
             return Grant(
-                reservation.id, account.id, seconds, q.cost, q.prefix, q.destination, q.currency
+                reservation.id, account.id, seconds, q.cost, q.prefix, q.destination, q.currency,
+                auto_recharge=account.auto_recharge_threshold is not None
+                and account.auto_recharge_amount is not None,
             )
 
     # ------------------------------------------------------------------ extend

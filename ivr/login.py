@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import delete, func, select
@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from .accounts import count_pin_result
 from .db import Database
 from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
+from .ledger import utcnow
 from .secrets import pin_check
 
 log = logging.getLogger("ivr.login")
@@ -72,10 +73,6 @@ class LoginPolicy:
         )
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def pinless(
     db: Database, callerid: str | None, *, today: datetime | None = None
 ) -> LoginResult | None:
@@ -86,13 +83,13 @@ def pinless(
         card = s.scalar(select(Card).where(Card.callerid == callerid))
         if card is None:
             return None
-        return _usable(s, card, (today or _now()).date())
+        return _usable(s, card, (today or utcnow()).date())
 
 
 def throttled(db: Database, callerid: str | None, policy: LoginPolicy,
               *, now: datetime | None = None) -> bool:
     """Too many failed log-ins from this caller ID lately."""
-    now = now or _now()
+    now = now or utcnow()
     since = now - timedelta(seconds=policy.callerid_failure_window)
     with db.transaction() as s:
         count = s.scalar(
@@ -106,7 +103,7 @@ def throttled(db: Database, callerid: str | None, policy: LoginPolicy,
 def find_card(db: Database, number: str, callerid: str | None,
               *, now: datetime | None = None) -> LoginResult:
     """Look a typed card number up; an unknown one counts as a failure of the caller ID."""
-    now = now or _now()
+    now = now or utcnow()
     with db.transaction() as s:
         card = s.scalar(select(Card).where(Card.number == number)) if number else None
         if card is None:
@@ -121,7 +118,7 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
     """Check a PIN. A wrong one counts against the card and the caller ID; a right one
     resets the card's count. The hash is checked between two short transactions, so the
     ~60 ms of scrypt never holds a database lock."""
-    now = now or _now()
+    now = now or utcnow()
     with db.transaction() as s:
         card = s.get(Card, card_id)
         if card is None:

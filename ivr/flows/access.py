@@ -22,9 +22,8 @@ Card numbers and PINs are read with ``secret=True`` and never logged.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import login, notify, prompts, runtime
 from ..agi import AgiSession
@@ -56,7 +55,6 @@ class AccessCall:
     callerid: str | None  # E.164 digits, None when withheld
     holder: Cardholder | None = None
     attempts: int = 0
-    outcomes: list[str] = field(default_factory=list)  # DIALSTATUS of each attempt
 
     @property
     def tag(self) -> str:
@@ -280,6 +278,7 @@ async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
         await prompts.play(s.call, "for-this-call")
     except BaseException:
         await _release(s, reserved, "caller hung up before dial")
+        _forget(s, key)
         raise
     return reserved
 
@@ -294,7 +293,8 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
             s.controller.track(LiveCall(r.key, call.env.uniqueid, call.env.channel,
                                         grant.reservation_id, grant.seconds,
                                         prompts.language(call), card_id=s.holder.card_id,
-                                        callerid=s.callerid))
+                                        callerid=s.callerid,
+                                        auto_recharge=grant.auto_recharge))
         # From here a hang-up handler records the outcome in Asterisk (AstDB) unless we
         # settle first: a call that outlives this server is still settled (ivr.calls).
         await call.set_variable("IVR_SETTLED", "0")
@@ -311,14 +311,18 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         await call.exec("Dial", target, str(s.settings.dial_timeout),
                         f"U(ivr-access-answered^{grant.seconds}^{r.key})")
         status = await call.get_variable("DIALSTATUS", dead_ok=True) or "UNKNOWN"
-        record = await call.database_get(ASTDB_FAMILY, r.key)
+        record = await answered_record(call, r.key, status)
+        if record is None and status == "ANSWER":
+            # Answered, but its length is not recorded yet: never settle an answered call
+            # at 0 s. The recovery sweep settles it from the record once it is written.
+            log.warning("%s call %s answered but not yet recorded; left to recovery",
+                        s.tag, r.key)
+            return DialResult(status, None, False)
         outcome = CallOutcome.parse(record) if record else CallOutcome(status, 0)
-        billsec = outcome.billsec
-        s.outcomes.append(status)
         settlement = None
         if outcome.dial_status == "ANSWER":
             settlement = await asyncio.to_thread(
-                s.ledger.settle, grant.reservation_id, billsec, uniqueid=r.key,
+                s.ledger.settle, grant.reservation_id, outcome.billsec, uniqueid=r.key,
                 caller=s.callerid or "", hangup_cause=status,
             )
             log.info("%s call to %s: %ss, cost %s %s", s.tag, r.number, settlement.seconds,
@@ -341,6 +345,23 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         # Dialled but not settled here (the AGI connection broke): Asterisk's hang-up
         # handler records the outcome and the recovery sweep settles it, once unclaimed.
         _forget(s, r.key)
+
+
+RECORD_WAIT = 3.0  # seconds to wait for an answered call's AstDB record
+RECORD_POLL = 0.05
+
+
+async def answered_record(call: AgiSession, key: str, status: str) -> str | None:
+    """The call's AstDB record. The called channel's hang-up handler writes it while
+    that channel is torn down, which can finish a moment after Dial has returned to us,
+    so an answered call's record is waited for."""
+    record = await call.database_get(ASTDB_FAMILY, key)
+    waited = 0.0
+    while record is None and status == "ANSWER" and waited < RECORD_WAIT:
+        await asyncio.sleep(RECORD_POLL)
+        waited += RECORD_POLL
+        record = await call.database_get(ASTDB_FAMILY, key)
+    return record
 
 
 async def after_call(s: AccessCall, result: DialResult) -> None:
@@ -374,13 +395,13 @@ async def say_dial_failure(call: AgiSession, status: str) -> None:
 
 async def _release(s: AccessCall, r: _Reserved, why: str) -> None:
     """Free the hold of a call that never reached Dial."""
-    with contextlib.suppress(Exception):
-        await asyncio.shield(asyncio.to_thread(_release_unless_dialled, s, r, why))
-
-
-def _release_unless_dialled(s: AccessCall, r: _Reserved, why: str) -> None:
-    s.ledger.release(r.grant.reservation_id, uniqueid=r.key, caller=s.callerid or "",
-                     hangup_cause=why)
+    try:
+        await asyncio.shield(asyncio.to_thread(
+            s.ledger.release, r.grant.reservation_id, uniqueid=r.key,
+            caller=s.callerid or "", hangup_cause=why))
+    except Exception:
+        # The hold stays open; the recovery sweep releases it (no record, no channel).
+        log.exception("%s reservation %s not released", s.tag, r.grant.reservation_id)
 
 
 _notices: set[asyncio.Task[object]] = set()

@@ -167,9 +167,7 @@ async def by_code(s: TopUpSession) -> bool:
     verdict = result.verdict.name
     log.info("%s recharge code: %s", s.tag, verdict)
     if verdict == "OK":
-        await prompts.play(s.call, "topup-done")
-        await prompts.play(s.call, "your-new-balance-is")
-        await say_money(s.call, result.balance, s.currency)
+        await tell_topped_up(s, result.balance)
         return True
     if verdict == "USED":
         await prompts.play(s.call, "voucher-used")
@@ -240,9 +238,7 @@ async def tell_payment(s: TopUpSession, result: payments.TopUpResult) -> bool:
     verdict = result.verdict.name
     log.info("%s payment %s: %s", s.tag, result.payment_id, verdict)
     if verdict == "APPROVED":
-        await prompts.play(s.call, "topup-done")
-        await prompts.play(s.call, "your-new-balance-is")
-        await say_money(s.call, result.balance, s.currency)
+        await tell_topped_up(s, result.balance)
         return True
     if verdict == "DECLINED":
         await prompts.play(s.call, "payment-declined")
@@ -251,6 +247,12 @@ async def tell_payment(s: TopUpSession, result: payments.TopUpResult) -> bool:
     else:  # TIMEOUT, ERROR
         await prompts.play(s.call, "payment-unavailable")
     return False
+
+
+async def tell_topped_up(s: TopUpSession, balance: Decimal) -> None:
+    await prompts.play(s.call, "topup-done")
+    await prompts.play(s.call, "your-new-balance-is")
+    await say_money(s.call, balance, s.currency)
 
 
 def new_payment_id() -> str:
