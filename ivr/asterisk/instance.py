@@ -18,6 +18,10 @@ from pathlib import Path
 from ..config import Settings
 from .install import AsteriskInstall, AsteriskSetupError, log
 
+# How long the pid file may name no live process before a starting Asterisk counts as
+# exited (see wait_for_ami).
+START_EXIT_GRACE = 5.0
+
 
 def project_dir() -> Path:
     """The checkout holding asterisk-conf/ and dialplan/ (the package's parent)."""
@@ -188,6 +192,12 @@ class AsteriskInstance:
                 raise AsteriskSetupError(
                     f"asterisk did not start ({result.returncode}): {result.stderr.strip()}"
                 )
+            try:
+                self.wait_for_ami(timeout)
+            except AsteriskSetupError:
+                self.stop()  # never leave a half-started Asterisk holding the ports
+                raise
+            return
         self.wait_for_ami(timeout)
 
     def check_ami(self) -> None:
@@ -195,9 +205,10 @@ class AsteriskInstance:
         s = self.settings
         ami_login_check(s.ami_host, s.ami_port, s.ami_user, s.ami_secret)
 
-    def wait_for_ami(self, timeout: float) -> None:
+    def wait_for_ami(self, timeout: float, exit_grace: float = START_EXIT_GRACE) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
+        gone_since: float | None = None
         while time.monotonic() < deadline:
             try:
                 self.check_ami()
@@ -206,10 +217,18 @@ class AsteriskInstance:
                 last = "Asterisk not fully booted"
             except (OSError, AsteriskSetupError) as exc:
                 last = str(exc)
-            if not self.running():
-                raise AsteriskSetupError(
-                    f"Asterisk exited during start; see {self.log_file}\n{self.log_tail()}"
-                )
+            # Asterisk writes its pid file, daemonizes, and only then does the child write
+            # its own pid: for a moment the file names the parent, which has exited. On a
+            # loaded machine that moment is long enough to see, so "exited" must last.
+            if self.running():
+                gone_since = None
+            else:
+                now = time.monotonic()
+                gone_since = now if gone_since is None else gone_since
+                if now - gone_since >= exit_grace:
+                    raise AsteriskSetupError(
+                        f"Asterisk exited during start; see {self.log_file}\n{self.log_tail()}"
+                    )
             time.sleep(0.2)
         raise AsteriskSetupError(f"AMI did not answer within {timeout}s: {last}")
 
