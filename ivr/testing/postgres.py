@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 
 
 def postgres_admin_url() -> str:
@@ -33,6 +35,22 @@ def fresh_postgres_database() -> Iterator[str]:
     try:
         yield admin_url.set(database=name).render_as_string(hide_password=False)
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        try:
+            _drop(admin, name)
+        finally:
+            admin.dispose()
+
+
+def _drop(admin: Engine, name: str, attempts: int = 20) -> None:
+    """Drop a test database. FORCE ends our own sessions; an autovacuum worker busy in
+    it is ended too when the role has pg_signal_backend (scripts/postgres-up grants it),
+    else the drop is retried until the worker is done."""
+    for attempt in range(attempts):
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            return
+        except DBAPIError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
