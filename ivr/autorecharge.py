@@ -1,8 +1,8 @@
 """Auto-recharge during a call (seed 001): the call controller calls :func:`recharge`
 when a live call takes its account's balance below the account's threshold. The linked
 payment method is charged the account's amount, once per call (payment id
-``auto:<call key>``) and within the daily cap (ivr.payments); the call's grant then grows
-to what the new balance buys."""
+``auto:<call key>``) and within the daily cap (ivr.payments); the controller then renews
+the call's hold from the new balance."""
 
 from __future__ import annotations
 
@@ -15,18 +15,15 @@ from .calls import LiveCall
 log = logging.getLogger("ivr.autorecharge")
 
 
-async def recharge(call: LiveCall) -> int | None:
-    """The call's new grant in seconds from answer, or None when nothing was charged."""
-    db, ledger = await asyncio.to_thread(lambda: (runtime.get_database(), runtime.get_ledger()))
+async def recharge(call: LiveCall) -> bool:
+    """True when the account was credited."""
+    db = await asyncio.to_thread(runtime.get_database)
     if call.card_id is None:
-        return None
+        return False
     holder = await asyncio.to_thread(login.holder, db, call.card_id)
     result = await payments.maybe_auto_recharge(
         db, runtime.get_gateway(), holder.account_id, call_key=call.key)
     if result is None:
-        return None
+        return False
     log.info("[%s] auto-recharge %s: %s", call.uniqueid, result.payment_id, result.verdict.name)
-    if result.verdict.name != "APPROVED":
-        return None
-    grant = await asyncio.to_thread(ledger.extend, call.reservation_id)
-    return grant.seconds
+    return result.verdict.name == "APPROVED"

@@ -11,6 +11,12 @@ set at answer by the ``ivr-access-answered`` Gosub), so a dead server or a lost 
 connection can never let a call run unpaid. :meth:`CallController.extend` moves that limit
 during a call (AMI ``Setvar`` of ``TIMEOUT(absolute)``, to the millisecond).
 
+Holds: a call reserves at most ``reservation_hold`` seconds of its account's balance at a
+time (ivr.ledger, ``hold``). Before a hold runs out the controller renews it from what
+the balance, less the other calls' holds, still buys, and moves the limit; the warnings
+are planned once a hold covers all the money left. So cards sharing an account can call
+at once and together never spend more than the balance.
+
 Recovery: when the server was down while a call ended, Asterisk's hang-up handler
 (``ivr-access-hangup``) recorded how it ended in AstDB (family ``ivr-calls``, key = the
 call key). :meth:`CallController.recover_once`, run at start and every
@@ -23,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +42,8 @@ log = logging.getLogger("ivr.calls")
 ASTDB_FAMILY = "ivr-calls"
 WHISPER_CHANNEL = "Local/s@ivr-whisper/n"
 MIN_WARNING_GAP = 9  # seconds: the first warning is spoken before the last one starts
+RENEW_MARGIN = 10  # seconds: a hold is renewed this long before its first warning is due
+BACKSTOP_MARGIN = 30  # seconds the caller channel's own limit lies beyond the call's
 
 
 @dataclass
@@ -43,20 +52,31 @@ class LiveCall:
     uniqueid: str  # the caller's channel
     channel: str
     reservation_id: int
-    granted: int  # seconds the call may last from answer
+    granted: int  # seconds the call may last from answer (its hold)
     language: str = "en"
     card_id: int | None = None
     callerid: str | None = None
     auto_recharge: bool = False  # the account has it set (Grant.auto_recharge)
+    hold: int = 0  # seconds held at a time, renewed as the call goes on; 0: no renewal
+    affordable: int = 0  # seconds from answer the money bought at the last look
     dest_channel: str = ""
     answered_at: float | None = None  # loop time
     whispers: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds after answer)
-    _timers: list[asyncio.TimerHandle] = field(default_factory=list, repr=False)
+    _timers: list[asyncio.TimerHandle] = field(default_factory=list, repr=False)  # plan
+    _recharge_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
-    def cancel_timers(self) -> None:
+    def cancel_plan(self) -> None:
+        """Cancel the planned warnings and hold renewal."""
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+
+    def cancel_timers(self) -> None:
+        """The call is over: cancel everything planned for it."""
+        self.cancel_plan()
+        if self._recharge_timer is not None:
+            self._recharge_timer.cancel()
+            self._recharge_timer = None
 
 
 @dataclass(frozen=True)
@@ -91,11 +111,11 @@ class CallController:
         low_balance_warning: int = 60,
         final_warning: int = 10,
         clock: Callable[[], float] | None = None,
-        auto_recharge: Callable[[LiveCall], Awaitable[int | None]] | None = None,
+        auto_recharge: Callable[[LiveCall], Awaitable[bool]] | None = None,
     ) -> None:
         self.ami = ami
         # Charges the account's linked payment method for a call crossing its threshold;
-        # returns the call's new grant (seconds from answer), None when nothing was added.
+        # True when money was added (the controller then renews the call's hold).
         self.auto_recharge = auto_recharge
         self.ledger = ledger
         self.low_balance_warning = low_balance_warning
@@ -160,7 +180,7 @@ class CallController:
             return
         call.answered_at = self.now()
         call.dest_channel = event.get("DestChannel", call.dest_channel)
-        self._schedule_warnings(call)
+        self._plan(call)
         if self.auto_recharge is not None and call.auto_recharge:
             asyncio.ensure_future(self._plan_auto_recharge(call))
 
@@ -191,16 +211,36 @@ class CallController:
             times.append(("final", final_at))
         return times
 
-    def _schedule_warnings(self, call: LiveCall) -> None:
-        call.cancel_timers()
+    def renewal_at(self, call: LiveCall) -> float | None:
+        """When, in seconds after answer, the call's hold is renewed; None when the hold
+        covers all the money bought at the last look (the warnings are planned then)."""
+        if not call.hold or call.affordable <= call.granted:
+            return None
+        lead = min(self.low_balance_warning + RENEW_MARGIN, call.hold / 2)
+        return max(0.0, call.granted - lead)
+
+    def _plan(self, call: LiveCall) -> None:
+        """Plan the call's next step from its grant: renew its hold, or warn the caller."""
+        call.cancel_plan()
         if call.answered_at is None:
             return
         loop = asyncio.get_running_loop()
         elapsed = self.now() - call.answered_at
+        renew_at = self.renewal_at(call)
+        if renew_at is not None:
+            call._timers.append(loop.call_later(
+                max(0.0, renew_at - elapsed), lambda: asyncio.ensure_future(self._renew(call))
+            ))
+            return
         for kind, at in self.warning_times(call.granted):
             delay = at - elapsed
             if delay < 0:
-                continue
+                # Learned late (a renewal found the money short): warn now if there is time.
+                if kind != "warning" or (
+                    call.granted - elapsed < self.final_warning + MIN_WARNING_GAP
+                ):
+                    continue
+                delay = 0
             call._timers.append(loop.call_later(
                 delay, lambda c=call, k=kind: asyncio.ensure_future(self.whisper(c, k))
             ))
@@ -230,9 +270,15 @@ class CallController:
             log.warning("[%s] could not whisper the %s warning: %s", call.uniqueid, kind, exc)
 
     def seconds_left(self, call: LiveCall) -> int:
-        if call.answered_at is None:
-            return call.granted
-        return max(0, round(call.granted - (self.now() - call.answered_at)))
+        """Seconds until the call's present limit."""
+        return max(0, round(call.granted - self._elapsed(call)))
+
+    def seconds_affordable(self, call: LiveCall) -> int:
+        """Seconds the money still buys for this call (beyond its hold when renewed)."""
+        return max(0, round(max(call.affordable, call.granted) - self._elapsed(call)))
+
+    def _elapsed(self, call: LiveCall) -> float:
+        return 0.0 if call.answered_at is None else self.now() - call.answered_at
 
     # ------------------------------------------------------------------ auto-recharge
 
@@ -248,20 +294,20 @@ class CallController:
             return
         delay = max(0.0, due - (self.now() - call.answered_at))
         log.info("[%s] auto-recharge due in %.1fs", call.uniqueid, delay)
-        call._timers.append(asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._auto_recharge(call))))
+        call._recharge_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: asyncio.ensure_future(self._auto_recharge(call)))
 
     async def _auto_recharge(self, call: LiveCall) -> None:
         assert self.auto_recharge is not None
         if self._live.get(call.uniqueid) is not call:
             return  # ended meanwhile
         try:
-            granted = await self.auto_recharge(call)
+            added = await self.auto_recharge(call)
         except Exception:
             log.exception("[%s] auto-recharge failed", call.uniqueid)
             return
-        if granted is not None and self._live.get(call.uniqueid) is call:
-            await self.extend(call.uniqueid, granted)
+        if added and self._live.get(call.uniqueid) is call:
+            await self.renew(call.uniqueid)
 
     # ------------------------------------------------------------------ extension
 
@@ -273,32 +319,74 @@ class CallController:
         call = self._live.get(uniqueid)
         if call is None:
             raise LookupError(f"no live call {uniqueid}")
-        call.cancel_timers()
+        call.cancel_plan()
         if (call.answered_at is not None and call.dest_channel and self.ami is not None
                 and self.seconds_left(call) < seconds):
             await self._set_limit(call, float(seconds))
 
     async def extend(self, uniqueid: str, granted: int) -> None:
-        """Let a live call last ``granted`` seconds from its answer (after a top-up):
-        moves Asterisk's limit on the called channel and re-plans the warnings."""
+        """Let a live call last ``granted`` seconds from its answer (its hold grew):
+        moves Asterisk's limit and re-plans the renewal or the warnings. When the limit
+        cannot be moved (AmiError) the call keeps its old grant."""
         call = self._live.get(uniqueid)
         if call is None:
             raise LookupError(f"no live call {uniqueid}")
-        call.granted = granted
         if call.answered_at is not None and call.dest_channel:
             if self.ami is None:
                 raise AmiError("no AMI connection to move the call's limit")
-            await self._set_limit(call, call.granted - (self.now() - call.answered_at))
-            self._schedule_warnings(call)
+            await self._set_limit(call, granted - (self.now() - call.answered_at))
+        call.granted = granted
+        self._plan(call)
+
+    def next_hold(self, call: LiveCall) -> int | None:
+        """The hold to ask the ledger for now, in seconds from answer (None: all)."""
+        if not call.hold:
+            return None
+        return max(call.granted, math.ceil(self._elapsed(call)) + call.hold)
+
+    async def renew(self, uniqueid: str) -> None:
+        """Grow the call's hold from the money there is now (after a top-up, or as its
+        hold runs out) and move its limit. When the ledger cannot be reached the call
+        keeps its grant, and the caller is warned before Asterisk ends it there."""
+        call = self._live.get(uniqueid)
+        if call is None:
+            raise LookupError(f"no live call {uniqueid}")
+        try:
+            grant = await asyncio.to_thread(self.ledger.extend, call.reservation_id,
+                                            hold=self.next_hold(call))
+        except Exception:
+            log.exception("[%s] hold of call %s not renewed", uniqueid, call.key)
+            granted = call.granted
+            call.affordable = 0
+        else:
+            granted = grant.seconds
+            call.affordable = grant.affordable
+        await self.extend(uniqueid, granted)
+
+    async def _renew(self, call: LiveCall) -> None:
+        if self._live.get(call.uniqueid) is not call:
+            return  # ended meanwhile
+        try:
+            await self.renew(call.uniqueid)
+        except (AmiError, LookupError) as exc:
+            # Asterisk still ends the call at its present limit; the caller is warned.
+            log.warning("[%s] limit not moved at renewal: %s", call.uniqueid, exc)
+            call.affordable = 0
+            self._plan(call)
 
     async def _set_limit(self, call: LiveCall, seconds: float) -> None:
         """End the call ``seconds`` from now: TIMEOUT(absolute) on the called channel, set
         over AMI to the millisecond (the AbsoluteTimeout action takes whole seconds). Our
         answer time is the DialEnd event's, a few ms after the answer Gosub's, so the cut
-        never comes before the grant the ledger charges."""
+        never comes before the grant the ledger charges. The caller channel's looser
+        limit (a backstop, set by the access route) moves with it."""
         assert self.ami is not None
+        seconds = max(0.5, seconds)
         await self.ami.action("Setvar", Channel=call.dest_channel,
-                              Variable="TIMEOUT(absolute)", Value=f"{max(0.5, seconds):.3f}")
+                              Variable="TIMEOUT(absolute)", Value=f"{seconds:.3f}")
+        with contextlib.suppress(AmiError):  # the dest limit is the one that counts
+            await self.ami.action("Setvar", Channel=call.channel, Variable="TIMEOUT(absolute)",
+                                  Value=str(math.ceil(seconds) + BACKSTOP_MARGIN))
 
     # ------------------------------------------------------------------ recovery
 

@@ -83,6 +83,11 @@ class Settings:
     # low_balance_warning seconds, and a last one final_warning seconds before the cut.
     low_balance_warning: int = 60
     final_warning: int = 10
+    # A call holds at most this many seconds of its account's balance at a time; the
+    # call controller renews the hold before it runs out. Cards sharing one account can
+    # so call at the same time (the first call no longer holds the whole balance), and a
+    # call outliving this server ends within one hold. 0: hold all the balance buys.
+    reservation_hold: int = 300
     # Settle calls that ended while the server was down, every this many seconds.
     recovery_interval: float = 5.0
 

@@ -63,13 +63,16 @@ class Refusal(enum.StrEnum):
 class Grant:
     reservation_id: int
     account_id: int
-    seconds: int  # the call may last this long from answer
+    seconds: int  # the call may last this long from answer (the hold covers it)
     amount: Decimal  # held for it
     prefix: str
     destination: str
     currency: str
     # The account has auto-recharge set: the call controller plans it for this call.
     auto_recharge: bool = False
+    # What the balance (less other calls' holds) buys, from answer: more than ``seconds``
+    # when the hold was capped (``hold``), and the call controller renews it (ivr.calls).
+    affordable: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Settlement:
     cost: Decimal
     balance: Decimal  # after the charge
     duplicate: bool  # this uniqueid had already been settled: nothing charged now
+    granted: int = 0  # seconds the call was allowed at the end (its last hold)
 
 
 def credit(
@@ -155,10 +159,13 @@ class Ledger:
         at: datetime | None = None,
         service: str = "voice",
         limit: int = MAX_CALL_SECONDS,
+        hold: int | None = None,
         call_key: str | None = None,
         channel: str | None = None,
     ) -> Grant | Refusal:
-        """Reserve what the available balance buys for a call to ``number``.
+        """Reserve what the available balance buys for a call to ``number``, or at most
+        ``hold`` seconds of it: several cards of one account can then call at once, each
+        holding a slice that is renewed during the call (seed 002).
 
         ``call_key`` names the live call (unique): it is the settlement's idempotency key
         and lets a restarted server find how the call ended (ivr.calls)."""
@@ -179,13 +186,14 @@ class Ledger:
             rates = self.rates.get(account.plan_id, s)
             available = account.balance - account.reserved
             try:
-                seconds = max_seconds(
+                affordable = max_seconds(
                     rates.table, rates.plan, number, available, at, service, limit=limit
                 )
             except NoRate:
                 return Refusal.NO_RATE
-            if seconds <= 0:
+            if affordable <= 0:
                 return Refusal.INSUFFICIENT_FUNDS
+            seconds = _held(affordable, hold)
             q = quote(rates.table, rates.plan, number, seconds, at, service)
             reservation = Reservation(
                 account_id=account.id,
@@ -210,13 +218,17 @@ class Ledger:
                 reservation.id, account.id, seconds, q.cost, q.prefix, q.destination, q.currency,
                 auto_recharge=account.auto_recharge_threshold is not None
                 and account.auto_recharge_amount is not None,
+                affordable=affordable,
             )
 
     # ------------------------------------------------------------------ extend
 
-    def extend(self, reservation_id: int, *, limit: int = MAX_CALL_SECONDS) -> Grant:
-        """Re-grant a live call from the account's balance now (after a top-up): the call
-        may then last as long as the balance less the other calls' holds buys."""
+    def extend(
+        self, reservation_id: int, *, limit: int = MAX_CALL_SECONDS, hold: int | None = None
+    ) -> Grant:
+        """Re-grant a live call from the account's balance now (after a top-up, or to
+        renew a capped hold): the call may then last as long as the balance less the
+        other calls' holds buys, or ``hold`` seconds from answer when that is less."""
         with self.db.transaction() as s:
             res, account = self._lock_reservation(s, reservation_id)
             if res.status is not ReservationStatus.ACTIVE:
@@ -224,10 +236,11 @@ class Ledger:
             rates = self.rates.get(res.plan_id, s)
             budget = account.balance - account.reserved + res.amount
             rated_at = _aware(res.rated_at)
-            seconds = max_seconds(
+            affordable = max(0, max_seconds(
                 rates.table, rates.plan, res.number, budget, rated_at, res.service, limit=limit
-            )
-            seconds = max(seconds, 0)
+            ))
+            # A renewal never takes back time already granted.
+            seconds = _held(affordable, None if hold is None else max(hold, res.seconds))
             amount = (
                 quote(rates.table, rates.plan, res.number, seconds, rated_at, res.service).cost
                 if seconds
@@ -236,7 +249,7 @@ class Ledger:
             account.reserved += amount - res.amount
             res.seconds, res.amount = seconds, amount
             return Grant(res.id, account.id, seconds, amount, res.prefix, res.destination,
-                         account.currency)
+                         account.currency, affordable=affordable)
 
     # ------------------------------------------------------------------ settle
 
@@ -299,7 +312,7 @@ class Ledger:
                             seconds, cost, hangup_cause)
             s.add(cdr)
             s.flush()
-            return Settlement(res.id, cdr.id, seconds, cost, account.balance, False)
+            return Settlement(res.id, cdr.id, seconds, cost, account.balance, False, res.seconds)
 
     # ------------------------------------------------------------------ release
 
@@ -388,7 +401,8 @@ class Ledger:
             cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == res.uniqueid))
         if cdr is None:
             return None
-        return Settlement(res.id, cdr.id, cdr.billable_seconds, cdr.cost, account.balance, True)
+        return Settlement(res.id, cdr.id, cdr.billable_seconds, cdr.cost, account.balance, True,
+                          res.seconds)
 
     def _cdr(
         self, s: Session, res: Reservation, account: Account, uniqueid: str, caller: str,
@@ -414,6 +428,10 @@ class Ledger:
             currency=account.currency,
             hangup_cause=cause,
         )
+
+
+def _held(affordable: int, hold: int | None) -> int:
+    return affordable if hold is None else min(affordable, max(hold, 1))
 
 
 def card_usable(card: Card, today: date) -> bool:

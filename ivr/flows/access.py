@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from .. import login, notify, prompts, runtime
 from ..agi import AgiSession
-from ..calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
+from ..calls import ASTDB_FAMILY, BACKSTOP_MARGIN, CallController, CallOutcome, LiveCall
 from ..config import Settings
 from ..db import Database
 from ..ledger import Grant, Ledger, Refusal, Settlement
@@ -41,7 +41,6 @@ log = logging.getLogger("ivr.flows.access")
 MAX_TRIES = 3  # per question: card number, PIN, destination, menu
 DESTINATION_MAX_DIGITS = 20
 DESTINATION_TIMEOUT_MS = 10_000
-BACKSTOP_MARGIN = 30  # seconds beyond ring time + grant for the caller channel's limit
 
 @dataclass
 class AccessCall:
@@ -265,7 +264,7 @@ async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
         s.controller.claim(key)
     grant = await asyncio.to_thread(
         s.ledger.authorize, number, card_id=s.holder.card_id, call_key=key,
-        channel=s.call.env.channel,
+        channel=s.call.env.channel, hold=s.settings.reservation_hold or None,
     )
     if not isinstance(grant, Grant):
         _forget(s, key)
@@ -274,7 +273,8 @@ async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
     reserved = _Reserved(key, number, grant)
     try:
         await prompts.play(s.call, "you-have")
-        await say_duration(s.call, grant.seconds, whole_minutes=grant.seconds >= 60)
+        # What the money buys; the hold may be less and is renewed during the call.
+        await say_duration(s.call, grant.affordable, whole_minutes=grant.affordable >= 60)
         await prompts.play(s.call, "for-this-call")
     except BaseException:
         await _release(s, reserved, "caller hung up before dial")
@@ -294,7 +294,9 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
                                         grant.reservation_id, grant.seconds,
                                         prompts.language(call), card_id=s.holder.card_id,
                                         callerid=s.callerid,
-                                        auto_recharge=grant.auto_recharge))
+                                        auto_recharge=grant.auto_recharge,
+                                        hold=s.settings.reservation_hold,
+                                        affordable=grant.affordable))
         # From here a hang-up handler records the outcome in Asterisk (AstDB) unless we
         # settle first: a call that outlives this server is still settled (ivr.calls).
         await call.set_variable("IVR_SETTLED", "0")
@@ -337,7 +339,7 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         await call.database_del(ASTDB_FAMILY, r.key)
         if not call.hung_up:
             await call.set_variable("TIMEOUT(absolute)", 0)
-        cut = settlement is not None and settlement.seconds >= grant.seconds
+        cut = settlement is not None and settlement.seconds >= settlement.granted
         return DialResult(status, settlement, cut)
     finally:
         if not closed and not dialled:

@@ -29,6 +29,7 @@ from decimal import Decimal
 from .. import login, payments, prompts, runtime, vouchers
 from ..agi import AgiSession
 from ..ami import AmiError
+from ..calls import BACKSTOP_MARGIN
 from ..config import Settings
 from ..db import Database
 from ..login import LoginPolicy, Verdict
@@ -38,7 +39,6 @@ from ..prompts.say import say_duration, say_money
 log = logging.getLogger("ivr.flows.topup")
 
 MAX_TRIES = 3
-BACKSTOP_MARGIN = 30  # as in the access route: the caller channel's looser limit
 
 
 @dataclass
@@ -66,7 +66,7 @@ async def topup(call: AgiSession) -> None:
         return
     prompts.set_language(call, live.language)
     settings = runtime.get_settings()
-    db, ledger = await asyncio.to_thread(lambda: (runtime.get_database(), runtime.get_ledger()))
+    db = await asyncio.to_thread(runtime.get_database)
     holder = await asyncio.to_thread(login.holder, db, live.card_id)
     session = TopUpSession(call, settings, db, live.card_id, holder.account_id,
                            holder.currency, live.callerid)
@@ -79,19 +79,19 @@ async def topup(call: AgiSession) -> None:
     try:
         added = await topup_menu(session)
     finally:
-        granted = live.granted
-        if added:
-            granted = (await asyncio.to_thread(ledger.extend, live.reservation_id)).seconds
-        # With nothing added this puts the old limit back.
         try:
-            await controller.extend(call.env.uniqueid, granted)
+            if added:  # a bigger hold from the new balance
+                await controller.renew(call.env.uniqueid)
+            else:  # the old limit back
+                await controller.extend(call.env.uniqueid, live.granted)
         except (AmiError, LookupError) as exc:  # the call ended meanwhile
             log.info("%s limit not moved: %s", session.tag, exc)
-    left = controller.seconds_left(live)
-    await call.set_variable("TIMEOUT(absolute)", left + BACKSTOP_MARGIN)
+    await call.set_variable("TIMEOUT(absolute)",
+                            controller.seconds_left(live) + BACKSTOP_MARGIN)
     if added:
-        log.info("%s call %s may now last %ss (%ss left)", session.tag, live.key, granted,
-                 left)
+        left = controller.seconds_affordable(live)
+        log.info("%s call %s may now last %ss (%ss left)", session.tag, live.key,
+                 live.granted, left)
         await prompts.play(call, "you-have")
         await say_duration(call, left, whole_minutes=left >= 60)
         await prompts.play(call, "for-this-call")

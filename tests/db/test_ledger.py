@@ -215,6 +215,63 @@ def test_extend_after_a_top_up(db: Database):
     assert account_state(db, account_id) == (Decimal("0.89"), Decimal(0), Decimal("0.89"))
 
 
+def test_capped_holds_let_two_calls_share_one_balance(db: Database):
+    """Seed 002: cards of one account call at once. Each call holds a slice (``hold``)
+    and renews it; together the holds never pass the balance."""
+    setup_plan(db)
+    account_id = new_account(db, "1.00")  # 996 s at 0.06/min in 6 s steps, cents up
+    ledger = Ledger(db)
+    first = ledger.authorize(US, account_id=account_id, at=AT, hold=300)
+    second = ledger.authorize(US, account_id=account_id, at=AT, hold=300)
+    assert isinstance(first, Grant) and isinstance(second, Grant)
+    assert (first.seconds, first.amount, first.affordable) == (300, Decimal("0.30"), 996)
+    assert (second.seconds, second.amount, second.affordable) == (300, Decimal("0.30"), 696)
+    renewed = ledger.extend(first.reservation_id, hold=600)
+    assert (renewed.seconds, renewed.affordable) == (600, 696)
+    renewed = ledger.extend(second.reservation_id, hold=600)
+    assert (renewed.seconds, renewed.affordable) == (396, 396)  # the rest: all held now
+    assert account_state(db, account_id)[1] == Decimal("1.00")
+    renewed = ledger.extend(first.reservation_id, hold=900)
+    assert (renewed.seconds, renewed.affordable) == (600, 600)  # nothing more to hold
+    # A renewal never takes back time already granted.
+    assert ledger.extend(first.reservation_id, hold=60).seconds == 600
+    ledger.settle(first.reservation_id, 600, uniqueid="a")
+    done = ledger.settle(second.reservation_id, 396, uniqueid="b")
+    assert done.granted == 396
+    assert account_state(db, account_id) == (Decimal(0), Decimal(0), Decimal(0))
+
+
+def test_renewed_holds_under_concurrency_never_overdraw(db: Database, tmp_path):
+    setup_plan(db)
+    account_id = new_account(db, "1.00")
+    ledger = Ledger(db)
+    barrier = threading.Barrier(8)
+
+    def call(i: int) -> int:
+        barrier.wait()
+        grant = ledger.authorize(US, account_id=account_id, at=AT, hold=60)
+        if not isinstance(grant, Grant):
+            return 0
+        seconds = grant.seconds
+        while True:  # renew as the controller does, until nothing more is held
+            renewed = ledger.extend(grant.reservation_id, hold=seconds + 60)
+            if renewed.seconds == seconds:
+                break
+            seconds = renewed.seconds
+        return ledger.settle(grant.reservation_id, seconds, uniqueid=f"h{i}").seconds
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        seconds = list(pool.map(call, range(8)))
+    balance, reserved, total = account_state(db, account_id)
+    assert reserved == 0 and balance == total
+    assert Decimal(0) <= balance < Decimal("0.08")  # at most a cent of rounding per call
+    assert sum(seconds) >= 900 and sum(1 for n in seconds if n) >= 2
+    with db.transaction() as s:
+        afters = s.scalars(select(LedgerEntry.balance_after)
+                           .where(LedgerEntry.account_id == account_id)).all()
+    assert min(afters) >= 0
+
+
 def test_deck_import_is_one_transaction(db: Database):
     setup_plan(db)
     with db.transaction() as s:

@@ -9,7 +9,14 @@ from decimal import Decimal
 import pytest
 
 from ivr.db.models import EntryKind
-from ivr.testing.access import AccessLine, Caller, account_state, cdrs, open_reservations
+from ivr.testing.access import (
+    AccessLine,
+    Caller,
+    CardInHand,
+    account_state,
+    cdrs,
+    open_reservations,
+)
 from ivr.testing.phone import Phone
 
 pytestmark = pytest.mark.asterisk
@@ -137,4 +144,49 @@ async def test_two_cards_of_one_shared_account_cannot_overdraw_it(
     assert balance == Decimal("0") and reserved == 0
     assert [e.amount for e in entries if e.kind is EntryKind.CALL] == [Decimal("-0.10")]
     assert all(e.balance_after >= 0 for e in entries)
+    assert not open_reservations(access_line)
+
+
+@pytest.mark.parametrize(
+    "access_line",
+    [{"reservation_hold": 8, "low_balance_warning": 2, "final_warning": 0},
+     pytest.param({"reservation_hold": 8, "low_balance_warning": 2, "final_warning": 0,
+                   "database": "postgres"}, marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgres"], indirect=True,
+)
+async def test_two_cards_of_one_account_call_at_once_on_renewed_holds(
+    access_line: AccessLine, phone: Phone
+):
+    # 0.30 buys 30 seconds to the US. Each call holds 8 s at a time and the controller
+    # renews the holds, so both calls go through and share the money to the second.
+    first = access_line.card("0.30")
+    second = access_line.card("0", account=first.account)
+    calls = [await phone.call("ivr-access", callerid=f"1555000888{i}") for i in range(2)]
+    callers = [Caller(c) for c in calls]
+
+    async def log_in(caller: Caller, card: CardInHand) -> None:
+        await caller.log_in(card)
+        await caller.wait_prompt("enter-destination")
+
+    await asyncio.gather(*(log_in(c, k) for c, k in zip(callers, (first, second), strict=True)))
+    # The first caller is told what all the money buys, not the 8 s slice.
+    await callers[0].call.send_dtmf("2125550100#")
+    await callers[0].wait_prompt("connecting")
+    await callers[1].call.send_dtmf("2125550101#")
+    await callers[1].wait_prompt("connecting")
+    assert "number:30" in callers[0].heard
+    for caller in callers:
+        await caller.wait_prompt("time-up", timeout=60)
+    for call in calls:
+        await call.hangup()
+        await call.wait_ended()
+    await access_line.server.wait_idle()
+
+    balance, reserved, entries = account_state(access_line, first.account)
+    assert balance == Decimal("0") and reserved == 0
+    charges = [e.amount for e in entries if e.kind is EntryKind.CALL]
+    assert len(charges) == 2 and sum(charges) == Decimal("-0.30")
+    assert all(e.balance_after >= 0 for e in entries)
+    seconds = [c.billable_seconds for c in cdrs(access_line)]
+    assert sum(seconds) == 30 and min(seconds) > 8  # both outlived their first hold
     assert not open_reservations(access_line)

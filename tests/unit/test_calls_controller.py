@@ -6,6 +6,7 @@ real ledger on a fresh SQLite database.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -163,6 +164,8 @@ class FakeAmi:
             assert headers["Variable"] == "CHANNEL(uniqueid)"
             return {"Response": "Success", "Variable": headers["Variable"],
                     "Value": self.channels[channel]}
+        if name == "Setvar":
+            return {"Response": "Success"}
         raise AssertionError(f"unexpected action {name}")
 
     def names(self) -> list[str]:
@@ -403,3 +406,101 @@ async def test_no_sweep_without_ami(db, ledger, card, ami):
     report = await CallController(ami, ledger).recover_once()  # type: ignore[arg-type]
     assert report.settled == [] and ami.actions == []
     assert state(db, grant)[0] is ReservationStatus.ACTIVE
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def held_call(ledger: Ledger, card: CardInHand, hold: int) -> tuple[LiveCall, Grant]:
+    grant = ledger.authorize("12125550000", card_id=card.card_id, call_key="u.9-1",
+                             channel="PJSIP/in-9", hold=hold)
+    assert isinstance(grant, Grant)
+    call = LiveCall("u.9-1", "u.9", "PJSIP/in-9", grant.reservation_id, grant.seconds,
+                    hold=hold, affordable=grant.affordable, dest_channel="Local/callee-9",
+                    answered_at=0.0)
+    return call, grant
+
+
+def limits(ami: FakeAmi) -> list[tuple[str, str]]:
+    return [(h["Channel"], h["Value"]) for name, h in ami.actions
+            if name == "Setvar" and h["Variable"] == "TIMEOUT(absolute)"]
+
+
+async def test_a_held_call_is_renewed_until_the_money_is_all_held(db, ledger, card, ami):
+    # 1.00 at 0.60/min per second buys 100 s; the call holds 30 s at a time.
+    now = [0.0]
+    c = CallController(ami, ledger, low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    call, grant = held_call(ledger, card, hold=30)
+    assert (grant.seconds, grant.amount, grant.affordable) == (30, Decimal("0.30"), 100)
+    c.track(call)
+    assert c.renewal_at(call) == 15  # min(5 + 10, 30 / 2) before the hold ends
+    assert c.seconds_left(call) == 30 and c.seconds_affordable(call) == 100
+    grants = []
+    for at in (15, 30, 45, 60, 75):
+        now[0] = at
+        await c.renew(call.uniqueid)
+        grants.append(call.granted)
+    assert grants == [45, 60, 75, 90, 100]
+    assert c.renewal_at(call) is None  # all the money is held: warnings are planned now
+    assert [kind for kind, _ in c.warning_times(call.granted)] == ["final"]
+    assert len(call._timers) == 1
+    # Each renewal moved both limits: the callee's to the ms, the caller's backstop.
+    assert limits(ami)[:2] == [("Local/callee-9", "30.000"), ("PJSIP/in-9", "60")]
+    assert limits(ami)[-2:] == [("Local/callee-9", "25.000"), ("PJSIP/in-9", "55")]
+    status, balance, reserved = state(db, grant)
+    assert status is ReservationStatus.ACTIVE and (balance, reserved) == (
+        Decimal("1.00"), Decimal("1.00"))
+    c.done(call.key)
+
+
+async def test_a_renewal_that_cannot_reach_the_ledger_keeps_the_limit_and_warns(
+    db, ledger, card, ami, monkeypatch
+):
+    now = [0.0]
+    c = CallController(ami, ledger, low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    call, grant = held_call(ledger, card, hold=30)
+    c.track(call)
+
+    def database_down(*args: Any, **kwargs: Any) -> Grant:
+        raise OSError("database is down")
+
+    monkeypatch.setattr(ledger, "extend", database_down)
+    now[0] = 15
+    await c.renew(call.uniqueid)
+    assert call.granted == 30 and c.renewal_at(call) is None
+    assert limits(ami)[0] == ("Local/callee-9", "15.000")  # where it was
+    # The caller is warned before Asterisk ends the call at the old limit.
+    assert [kind for kind, _ in c.warning_times(30)] == ["final"]
+    assert len(call._timers) == 1
+    assert 12.5 < call._timers[0].when() - asyncio.get_running_loop().time() <= 13
+    c.done(call.key)
+
+
+async def test_a_renewal_is_planned_instead_of_warnings_while_money_is_left(ledger, card, ami):
+    c = CallController(ami, ledger, low_balance_warning=60, final_warning=10)  # type: ignore[arg-type]
+    call, _ = held_call(ledger, card, hold=40)
+    call.answered_at = None
+    c.track(call)
+    c._on_dial_end({"Uniqueid": call.uniqueid, "DialStatus": "ANSWER",
+                    "DestChannel": "Local/callee-9"})
+    assert len(call._timers) == 1 and c.renewal_at(call) == 20  # hold / 2: a short hold
+    when = call._timers[0].when() - c.now()
+    assert 19 < when <= 20
+    c.done(call.key)
+    assert call._timers == []
+
+
+async def test_a_warning_learned_late_is_whispered_at_once(ledger, card, ami):
+    now = [0.0]
+    c = CallController(ami, ledger, low_balance_warning=60, final_warning=10,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    call, _ = held_call(ledger, card, hold=80)  # 100 s bought: renewed at 40 s
+    c.track(call)
+    now[0] = 45.0
+    await c.renew(call.uniqueid)  # all held now: 100 s, the 60 s warning was due at 40 s
+    assert call.granted == 100 and c.renewal_at(call) is None
+    delays = sorted(t.when() - asyncio.get_running_loop().time() for t in call._timers)
+    assert len(delays) == 2 and delays[0] < 0.5 and 44 < delays[1] <= 45
+    c.done(call.key)
