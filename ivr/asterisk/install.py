@@ -1,26 +1,32 @@
 """Finding an Asterisk to run: the system's, or a Debian sid sandbox root we build once.
 
 Debian 12 ships no Asterisk; sid has 22 LTS. ``debootstrap`` builds a minimal sid root with
-Asterisk and the English core sounds (~500 MB, about a minute with a local mirror) in the
-cache directory, outside the repository; later runs reuse it. Asterisk then runs in that
+Asterisk and the English and Spanish core sounds (~500 MB, about a minute with a local
+mirror) in the cache directory, outside the repository; later runs reuse it, adding with
+apt any package a newer version of this list names. Asterisk then runs in that
 root with ``chroot``; it shares the host's network, so AMI and FastAGI on 127.0.0.1 work
 from both sides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("ivr.asterisk")
 
-SANDBOX_PACKAGES = ("asterisk", "asterisk-core-sounds-en-gsm")
+# The core sounds say numbers in each catalogue language (SAY NUMBER); "-es" makes the
+# sounds/es link, "-es-gsm" holds the files.
+SANDBOX_PACKAGES = ("asterisk", "asterisk-core-sounds-en-gsm", "asterisk-core-sounds-es",
+                    "asterisk-core-sounds-es-gsm")
 SANDBOX_SUITE = "sid"
 READY_MARK = ".ivr-sandbox-ready"
 SUPPORTED_MAJORS = (20, 21, 22, 23)
@@ -100,16 +106,59 @@ def sandbox_ready(root: Path) -> bool:
     return (root / READY_MARK).exists() and (root / "usr/sbin/asterisk").exists()
 
 
+def sandbox_missing(root: Path) -> list[str]:
+    """Packages of SANDBOX_PACKAGES a finished sandbox was built without (its mark lists
+    what it has; a mark from before the list was kept names the first two)."""
+    lines = (root / READY_MARK).read_text().split("\n", 1)
+    have = set(lines[1].split()) if len(lines) > 1 and lines[1].strip() else set(
+        SANDBOX_PACKAGES[:2])
+    return [p for p in SANDBOX_PACKAGES if p not in have]
+
+
+def _mark_ready(root: Path, packages: list[str] | tuple[str, ...]) -> None:
+    (root / READY_MARK).write_text(f"{SANDBOX_SUITE}\n{' '.join(packages)}\n")
+
+
+def update_sandbox(root: Path) -> None:
+    """Add the packages a sandbox lacks, under the build lock. Without the network the
+    sandbox is used as it is (logged): Asterisk falls back to English sounds."""
+    with _build_lock(root):
+        missing = sandbox_missing(root)
+        if not missing:
+            return
+        if os.geteuid() != 0:
+            log.warning("the Asterisk sandbox lacks %s; run as root to add them",
+                        " ".join(missing))
+            return
+        log.info("adding %s to the Asterisk sandbox", " ".join(missing))
+        # sid's mirror may serve an expired Release file: check signatures, not dates.
+        apt = ["chroot", str(root), "apt-get", "-o", "Acquire::Check-Valid-Until=false"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([*apt, "update", "-qq"], capture_output=True, text=True, env=env)
+        result = subprocess.run([*apt, "install", "-y", "-qq", "--no-install-recommends",
+                                 *missing], capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            log.warning("could not add %s to the Asterisk sandbox: %s", " ".join(missing),
+                        result.stderr.strip()[-500:])
+            return
+        _mark_ready(root, SANDBOX_PACKAGES)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build_sandbox(root: Path, *, mirror: str | None = None) -> AsteriskInstall:
     """Build the sid root with debootstrap unless a finished one is there.
 
     Built in ``<root>.partial`` and renamed when complete, under a lock, so an interrupted
     or concurrent build never leaves a half root that looks ready.
     """
-    root.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = root.parent / f".{root.name}.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _build_lock(root):
         if sandbox_ready(root):
             return sandbox_install(root)
         if os.geteuid() != 0:
@@ -138,7 +187,7 @@ def build_sandbox(root: Path, *, mirror: str | None = None) -> AsteriskInstall:
         if root.exists():
             shutil.rmtree(root)
         partial.rename(root)
-        (root / READY_MARK).write_text(SANDBOX_SUITE + "\n")
+        _mark_ready(root, SANDBOX_PACKAGES)
         return sandbox_install(root)
 
 
@@ -165,6 +214,8 @@ def resolve_install(mode: str, sandbox_dir: Path, *, build: bool = True) -> Aste
         if mode == "system":
             raise AsteriskSetupError("asterisk_mode = system but no asterisk binary on PATH")
     if sandbox_ready(sandbox_dir):
+        if build and sandbox_missing(sandbox_dir):
+            update_sandbox(sandbox_dir)
         return sandbox_install(sandbox_dir)
     if not build:
         raise AsteriskSetupError(f"no Asterisk sandbox in {sandbox_dir}; run `ivr asterisk up`")

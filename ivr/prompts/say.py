@@ -5,8 +5,8 @@ the catalogue's own prompts ("cents", "dollar", every Spanish word).
     await say_money(call, Decimal("5.20"), "USD")   # five dollars and twenty cents
     await say_duration(call, 23 * 60)               # twenty-three minutes
 
-Numbers are said by Asterisk in the channel's language; the sandbox has English core
-sounds only, so Spanish numbers need Spanish core sounds (asterisk-core-sounds-es-gsm).
+Numbers are said by Asterisk (SAY NUMBER) in the channel's language, which is set to the
+call's prompt language first; the sandbox has the English and Spanish core sounds.
 
 Each helper stops at a key in ``escape_digits`` and returns it ("" when none).
 """
@@ -18,8 +18,9 @@ from decimal import ROUND_DOWN, Decimal
 from ..agi import AgiSession
 from . import api
 
-# Core sounds that say a catalogue word, per language. Checked present in Asterisk 22's
-# English core sounds (asterisk-core-sounds-en); others come from the catalogue.
+# Core sounds that say a catalogue word, per language, in the voice that says the numbers.
+# Checked present in Asterisk 22's core sounds (asterisk-core-sounds-en / -es: the Spanish
+# set has no singular minute or second); others come from the catalogue.
 CORE_SOUNDS: dict[str, dict[str, str]] = {
     "en": {
         "unit-dollars": "digits/dollars",
@@ -27,6 +28,14 @@ CORE_SOUNDS: dict[str, dict[str, str]] = {
         "unit-minute": "minute",
         "unit-minutes": "minutes",
         "unit-second": "second",
+        "unit-seconds": "seconds",
+        "word-and": "vm-and",
+        "word-minus": "digits/minus",
+    },
+    "es": {
+        "unit-dollars": "digits/dollars",
+        "unit-hours": "hours",
+        "unit-minutes": "minutes",
         "unit-seconds": "seconds",
         "word-and": "vm-and",
         "word-minus": "digits/minus",
@@ -121,6 +130,7 @@ async def say_steps(call: AgiSession, steps: list[Step], escape_digits: str = ""
     core = CORE_SOUNDS.get(lang, {})
     for kind, value in steps:
         if kind == "number":
+            await _channel_language(call, lang)
             digit = await call.say_number(int(value), escape_digits)
         else:
             word = str(value)
@@ -129,3 +139,11 @@ async def say_steps(call: AgiSession, steps: list[Step], escape_digits: str = ""
         if digit:
             return digit
     return ""
+
+
+async def _channel_language(call: AgiSession, lang: str) -> None:
+    """SAY NUMBER speaks the channel's language: make it the caller's (once per change)."""
+    current = call.state.get("channel_language") or (call.env.get("language") or "en")
+    if current.split("_")[0].lower() != lang:
+        await call.set_variable("CHANNEL(language)", lang)
+    call.state["channel_language"] = lang

@@ -118,11 +118,24 @@ async def test_every_prompt_plays_in_asterisk(
     assert all(pos == endpos[key][1] for key, pos in full.items())
 
 
+SPOKEN = {
+    "en": (["number:5", "digits/dollars", "vm-and", "number:20", "en/unit-cents"],
+           ["number:23", "minutes"]),
+    # The caller chose Spanish in an English channel: the numbers follow (the route sets
+    # the channel's language), and the words come from the Spanish core sounds.
+    "es": (["number:5", "digits/dollars", "vm-and", "number:20", "es/unit-cents"],
+           ["number:23", "minutes"]),
+}
+
+
+@pytest.mark.parametrize("lang", ["en", "es"])
 async def test_money_and_minutes_are_spoken_with_core_sounds(
-    built_store: PromptStore, test_settings: Settings, quiet_phone: Phone
+    built_store: PromptStore, test_settings: Settings, quiet_phone: Phone,
+    asterisk: AsteriskInstance, lang: str,
 ):
     prompts.set_store(built_store, load_catalogue())
     heard: list[tuple[str, int]] = []
+    languages: list[str] = []
 
     async def speaker(call: AgiSession) -> None:
         original = call.stream_file
@@ -134,11 +147,13 @@ async def test_money_and_minutes_are_spoken_with_core_sounds(
 
         call.stream_file = stream_file  # type: ignore[method-assign]
         await call.answer()
+        prompts.set_language(call, lang)
         await prompts.play(call, "your-balance-is")
         await prompts.say_money(call, Decimal("5.20"), "USD")
         await prompts.play(call, "you-have")
         await prompts.say_duration(call, 23 * 60 + 40, whole_minutes=True)
         await prompts.play(call, "for-this-call")
+        languages.append(await call.get_variable("CHANNEL(language)") or "")
         await call.hangup()
 
     server = await run_server({"hello": speaker}, test_settings)
@@ -151,10 +166,15 @@ async def test_money_and_minutes_are_spoken_with_core_sounds(
         prompts.set_store(None)
     assert server.stats.completed == 1 and server.stats.failed == 0
     said = [c.prompt for c in call.commands if c.prompt]
-    assert said[1:6] == ["number:5", "digits/dollars", "vm-and", "number:20",
-                         f"{built_store.inner_dir}/en/unit-cents/v1"]
-    assert said[7:9] == ["number:23", "minutes"]
+    money, duration = SPOKEN[lang]
+    store = f"{built_store.inner_dir}/"
+    assert [p.removeprefix(store).removesuffix("/v1") for p in said[1:6]] == money
+    assert said[7:9] == duration
     assert all(pos > 0 for _, pos in heard), heard  # the core sounds exist and play
+    assert languages == [lang]
+    # Asterisk has the digits in that language (else it would fall back to English).
+    index = asterisk.cli("core show sound digits/5")
+    assert f"Language {lang}:" in index, index
 
 
 # ------------------------------------------------------------------ the operator line

@@ -114,14 +114,31 @@ async def test_durations(say, word_store, seconds, whole_minutes, expected):
                         for e in expected]
 
 
-async def test_spanish_words_come_from_the_catalogue(say, word_store):
+async def test_spanish_uses_the_spanish_core_sounds_and_the_catalogue(say, word_store):
     commands, _ = await say(lambda call: say_money(call, Decimal("5.20"), "USD"), language="es")
     assert commands == [
-        number(5), our("es", "unit-dollars", word_store), our("es", "word-and", word_store),
+        number(5), core("digits/dollars"), core("vm-and"),
         number(20), our("es", "unit-cents", word_store),
     ]
     commands, _ = await say(lambda call: say_duration(call, 23 * 60), language="es")
-    assert commands == [number(23), our("es", "unit-minutes", word_store)]
+    assert commands == [number(23), core("minutes")]
+    commands, _ = await say(lambda call: say_duration(call, 60), language="es")
+    assert commands == [number(1), our("es", "unit-minute", word_store)]  # no core sound
+
+
+async def test_numbers_follow_the_language_the_caller_chose(say, word_store):
+    """The caller picked Spanish in an English channel: SAY NUMBER speaks the channel's
+    language, so it is switched once, before the first number."""
+
+    async def spanish(call: AgiSession) -> None:
+        prompts.set_language(call, "es")
+        await say_money(call, Decimal("5.20"), "USD")
+        await say_duration(call, 23 * 60)
+
+    commands, _ = await say(spanish, language="en")
+    assert commands[0] == 'SET VARIABLE "CHANNEL(language)" "es"'
+    assert commands[1:] == [number(5), core("digits/dollars"), core("vm-and"), number(20),
+                            our("es", "unit-cents", word_store), number(23), core("minutes")]
 
 
 async def test_a_key_stops_the_sentence_and_is_returned(say):
