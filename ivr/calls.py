@@ -21,7 +21,10 @@ Recovery: when the server was down while a call ended, Asterisk's hang-up handle
 (``ivr-access-hangup``) recorded how it ended in AstDB (family ``ivr-calls``, key = the
 call key). :meth:`CallController.recover_once`, run at start and every
 ``recovery_interval`` seconds, settles each open reservation that no flow of this process
-owns from that record, exactly once (settlement is idempotent per call key).
+owns from that record, exactly once (settlement is idempotent per call key). A call still
+up in Asterisk is adopted: followed again from its channels (the called channel keeps
+its answer time), so its hold is renewed and the caller warned as if nothing happened;
+when it ends, the next sweep settles it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +63,7 @@ class LiveCall:
     auto_recharge: bool = False  # the account has it set (Grant.auto_recharge)
     hold: int = 0  # seconds held at a time, renewed as the call goes on; 0: no renewal
     affordable: int = 0  # seconds from answer the money bought at the last look
+    adopted: bool = False  # its flow died with an earlier server: recovery settles it
     dest_channel: str = ""
     answered_at: float | None = None  # loop time
     whispers: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds after answer)
@@ -99,7 +104,8 @@ class CallOutcome:
 class RecoveryReport:
     settled: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
-    live: list[str] = field(default_factory=list)  # still up in Asterisk: left alone
+    live: list[str] = field(default_factory=list)  # still up in Asterisk, not bridged
+    adopted: list[str] = field(default_factory=list)  # still up and bridged: followed again
 
 
 class CallController:
@@ -112,8 +118,10 @@ class CallController:
         final_warning: int = 10,
         clock: Callable[[], float] | None = None,
         auto_recharge: Callable[[LiveCall], Awaitable[bool]] | None = None,
+        reservation_hold: int = 0,
     ) -> None:
         self.ami = ami
+        self.reservation_hold = reservation_hold  # for calls adopted by recovery
         # Charges the account's linked payment method for a call crossing its threshold;
         # True when money was added (the controller then renews the call's hold).
         self.auto_recharge = auto_recharge
@@ -136,7 +144,8 @@ class CallController:
     def from_settings(cls, ami: AmiClient | None, ledger: Ledger, settings: Any,
                       **kwargs: Any) -> CallController:
         return cls(ami, ledger, low_balance_warning=settings.low_balance_warning,
-                   final_warning=settings.final_warning, **kwargs)
+                   final_warning=settings.final_warning,
+                   reservation_hold=settings.reservation_hold, **kwargs)
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
@@ -189,6 +198,8 @@ class CallController:
         call = self._live.get(uniqueid)
         if call is not None:
             call.cancel_timers()
+            if call.adopted:  # no flow will settle it: the next sweep does
+                self.done(call.key)
             return
         for call in self._live.values():  # the called party hung up: no more warnings
             if call.dest_channel and call.dest_channel == event.get("Channel"):
@@ -398,7 +409,7 @@ class CallController:
         async with self._recovery_lock:
             for res in await asyncio.to_thread(self.ledger.open_reservations):
                 key = res.call_key
-                if key is None or key in self._claimed:
+                if key is None or (key in self._claimed and self._adopted(key) is None):
                     continue
                 try:
                     await self._recover(res, report)
@@ -411,9 +422,17 @@ class CallController:
     async def _recover(self, res: Any, report: RecoveryReport) -> None:
         key = res.call_key
         record = await self._astdb_get(key)
-        if record is None:
+        if self._adopted(key) is not None:
+            if record is None:
+                return  # still going (its Hangup event makes the next sweep settle it)
+            self.done(key)  # ended, though its Hangup event was missed
+        elif record is None:
             if await self._channel_alive(res.channel, key):
-                report.live.append(key)  # Asterisk enforces its limit; settle when it ends
+                # Asterisk enforces its limit; settle when it ends.
+                if await self._adopt(res, key):
+                    report.adopted.append(key)
+                else:
+                    report.live.append(key)
                 return
             record = await self._astdb_get(key)  # it may have ended just now
         if record is None:
@@ -436,6 +455,44 @@ class CallController:
         with contextlib.suppress(AmiError):
             await self.ami.action("DBDel", Family=ASTDB_FAMILY, Key=key)
 
+    def _adopted(self, key: str) -> LiveCall | None:
+        call = self._live.get(key.rsplit("-", 1)[0])
+        return call if call is not None and call.adopted and call.key == key else None
+
+    async def _adopt(self, res: Any, key: str) -> bool:
+        """Follow again a bridged call whose flow died with an earlier server: its hold is
+        renewed (else Asterisk would cut it when the hold runs out, money left or not)
+        and its warnings planned. False when it is not bridged (ringing, or in a menu)."""
+        peer = await self._getvar(res.channel, "BRIDGEPEER")
+        if not peer or await self._getvar(peer, "IVR_CALL_KEY") != key:
+            return False
+        try:
+            answered_at = float(await self._getvar(peer, "IVR_ANSWERED_AT"))
+        except ValueError:
+            return False
+        # The answer time is Asterisk's wall clock; Asterisk runs on this host.
+        elapsed = max(0.0, time.time() - answered_at)
+        language = (await self._getvar(res.channel, "CHANNEL(language)") or "en")
+        call = LiveCall(key, key.rsplit("-", 1)[0], res.channel, res.id, res.seconds,
+                        language.split("_")[0].lower(), card_id=res.card_id,
+                        hold=self.reservation_hold, dest_channel=peer,
+                        answered_at=self.now() - elapsed, adopted=True)
+        self.track(call)
+        log.info("[%s] call %s adopted %.1fs after answer", call.uniqueid, key, elapsed)
+        await self.renew(call.uniqueid)
+        return True
+
+    async def _getvar(self, channel: str, variable: str) -> str:
+        """A channel variable's value, "" when unset or the channel is gone."""
+        assert self.ami is not None
+        try:
+            reply = await self.ami.action("Getvar", Channel=channel, Variable=variable)
+        except AmiError as exc:
+            if "no such channel" in str(exc).lower():
+                return ""
+            raise
+        return str(reply.get("Value") or "")
+
     async def _astdb_get(self, key: str) -> str | None:
         assert self.ami is not None
         try:
@@ -454,15 +511,8 @@ class CallController:
     async def _channel_alive(self, channel: str | None, key: str) -> bool:
         if not channel:
             return False
-        assert self.ami is not None
-        try:
-            reply = await self.ami.action("Getvar", Channel=channel,
-                                          Variable="CHANNEL(uniqueid)")
-        except AmiError as exc:
-            if "no such channel" in str(exc).lower():
-                return False
-            raise
-        return bool(reply.get("Value")) and key.startswith(f"{reply.get('Value')}-")
+        uniqueid = await self._getvar(channel, "CHANNEL(uniqueid)")
+        return bool(uniqueid) and key.startswith(f"{uniqueid}-")
 
     def start_recovery(self, interval: float) -> None:
         async def loop() -> None:

@@ -37,9 +37,10 @@ GRANTS = (20, 21, 22, 45, 46)
 
 
 class ServerProcess:
-    def __init__(self, settings: Settings, log: Path) -> None:
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
         self.settings = settings
         self.log = log
+        self.extra_env = env
         self.proc: asyncio.subprocess.Process | None = None
 
     def env(self) -> dict[str, str]:
@@ -57,7 +58,7 @@ class ServerProcess:
             IVR_RECOVERY_INTERVAL="1",
             IVR_LOW_BALANCE_WARNING="0",
             IVR_FINAL_WARNING="0",
-        )
+        ) | self.extra_env
 
     async def start(self) -> None:
         out = self.log.open("ab")
@@ -170,3 +171,59 @@ async def test_kill_9_during_live_calls_then_restart_settles_each_call_once(
         assert sorted(s.scalars(select(Cdr.billable_seconds))) == sorted(GRANTS)
         assert s.scalar(select(func.count(LedgerEntry.id))
                         .where(LedgerEntry.kind == EntryKind.CALL)) == 5
+
+
+async def test_a_call_on_renewed_holds_outlives_a_server_restart(
+    asterisk, test_settings: Settings, instance_prompts, phone: Phone, ami: AmiClient,
+    tmp_path: Path,
+):
+    """The call holds 10 s at a time; the server dies just after the answer. Without a
+    server the hold would not be renewed and Asterisk would cut the call at 10 s; the
+    restarted server adopts the call, renews its holds, and the call runs until the
+    money is spent (30 s), then is settled once."""
+    settings = test_settings.replace(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
+    runtime.set_settings(settings)
+    db: Database = await asyncio.to_thread(runtime.get_database)
+    create_test_plan(db)
+    card = new_card(db, Decimal("0.30"))  # 30 s to the US at 0.01 a second
+    times: dict[str, float] = {}
+    callee: list[str] = []
+    caller_id: list[str] = []
+
+    def on_event(event: object) -> None:
+        e = dict(event)  # type: ignore[call-overload]
+        if (e.get("Event") == "DialEnd" and e.get("DialStatus") == "ANSWER"
+                and e.get("Uniqueid") in caller_id):
+            times["answered"] = time.monotonic()
+            callee.append(e["DestChannel"])
+        elif e.get("Event") == "Hangup" and callee and e.get("Channel") == callee[0]:
+            times["ended"] = time.monotonic()
+
+    offs = [ami.on_event(n, on_event) for n in ("DialEnd", "Hangup")]
+    server = ServerProcess(settings, tmp_path / "serve.log", IVR_RESERVATION_HOLD="10")
+    try:
+        await server.start()
+        call = await phone.call("ivr-access", callerid="15550007777")
+        caller_id.append(call.id)
+        caller = Caller(call)
+        await caller.log_in(card)
+        await caller.dial("2125550100")
+        await until(lambda: "answered" in times, 30, "the answer")
+        await server.kill9()
+        await server.start()
+        await call.wait_ended(timeout=60)
+        await until(lambda: not open_reservations(db), 30, "the call settled")
+    finally:
+        for off in offs:
+            off()
+        await server.stop()
+        runtime.set_settings(None)
+
+    assert "adopted" in (tmp_path / "serve.log").read_text()
+    assert abs(times["ended"] - times["answered"] - 30) <= 1.0, times
+    balance, reserved, entries = account_state(db, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert entries[1].amount == Decimal("-0.30") and balance == 0 and reserved == 0
+    with db.transaction() as s:
+        assert list(s.scalars(select(Cdr.billable_seconds))) == [30]

@@ -7,6 +7,7 @@ real ledger on a fresh SQLite database.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from ivr.ami import AmiActionError, AmiError
-from ivr.calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
+from ivr.calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall, RecoveryReport
 from ivr.db import Database
 from ivr.db.migrate import upgrade
 from ivr.db.models import Account, Cdr, Reservation, ReservationStatus
@@ -124,6 +125,7 @@ class FakeAmi:
         self.connected = True
         self.astdb: dict[tuple[str, str], str] = {}
         self.channels: dict[str, str] = {}  # channel name -> its uniqueid
+        self.variables: dict[str, dict[str, str]] = {}  # channel name -> its variables
         self.actions: list[tuple[str, dict[str, Any]]] = []
         self.fail: dict[str, AmiError] = {}  # action name -> error to raise
         # Called after the first DBGet of a key finds nothing (a call ending meanwhile).
@@ -161,9 +163,9 @@ class FakeAmi:
             if channel not in self.channels:
                 raise AmiActionError(name, {"Response": "Error",  # type: ignore[arg-type]
                                             "Message": "No such channel"})
-            assert headers["Variable"] == "CHANNEL(uniqueid)"
-            return {"Response": "Success", "Variable": headers["Variable"],
-                    "Value": self.channels[channel]}
+            value = (self.channels[channel] if headers["Variable"] == "CHANNEL(uniqueid)"
+                     else self.variables.get(channel, {}).get(headers["Variable"], ""))
+            return {"Response": "Success", "Variable": headers["Variable"], "Value": value}
         if name == "Setvar":
             return {"Response": "Success"}
         raise AssertionError(f"unexpected action {name}")
@@ -504,3 +506,74 @@ async def test_a_warning_learned_late_is_whispered_at_once(ledger, card, ami):
     delays = sorted(t.when() - asyncio.get_running_loop().time() for t in call._timers)
     assert len(delays) == 2 and delays[0] < 0.5 and 44 < delays[1] <= 45
     c.done(call.key)
+
+
+async def test_a_bridged_call_of_a_dead_server_is_adopted_renewed_then_settled(
+    db, ledger, card, ami
+):
+    """The server died during a call: the restarted one follows the call again from its
+    channels, renews its hold (else Asterisk cuts it when the hold runs out), and
+    settles it once it has ended."""
+    key = "1700000000.8-1"
+    grant = ledger.authorize("12125550000", card_id=card.card_id, call_key=key,
+                             channel="PJSIP/in-8", hold=30)
+    assert isinstance(grant, Grant) and grant.seconds == 30
+    ami.channels["PJSIP/in-8"] = "1700000000.8"
+    ami.variables["PJSIP/in-8"] = {"BRIDGEPEER": "Local/callee-8;1", "CHANNEL(language)": "es"}
+    ami.channels["Local/callee-8;1"] = "1700000000.9"
+    ami.variables["Local/callee-8;1"] = {"IVR_CALL_KEY": key,
+                                         "IVR_ANSWERED_AT": f"{time.time() - 19.5:.3f}"}
+    c = CallController(ami, ledger, reservation_hold=30)  # type: ignore[arg-type]
+    report = await c.recover_once()
+    assert (report.adopted, report.live, report.settled) == ([key], [], [])
+    call = c.live_call("1700000000.8")
+    assert call is not None and call.adopted and call.language == "es"
+    assert call.granted == 50 and call.affordable == 100  # 19.5 s in, one more hold
+    dest, caller = limits(ami)
+    assert dest[0] == "Local/callee-8;1" and 30 < float(dest[1]) <= 30.5
+    assert caller == ("PJSIP/in-8", "61")
+    # Still going: the next sweep leaves it be.
+    assert await c.recover_once() == RecoveryReport()
+    # It ends: the callee's hang-up handler records it, the caller's Hangup comes.
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,41000"
+    c._on_hangup({"Uniqueid": "1700000000.8", "Channel": "PJSIP/in-8"})
+    assert c.live_call("1700000000.8") is None
+    report = await c.recover_once()
+    assert report.settled == [key]
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.59"), Decimal(0))
+
+
+async def test_an_adopted_call_whose_hangup_was_missed_is_still_settled(db, ledger, card, ami):
+    key = "1700000000.10-1"
+    grant = reserve(ledger, card, key, channel="PJSIP/in-10")
+    ami.channels["PJSIP/in-10"] = "1700000000.10"
+    ami.variables["PJSIP/in-10"] = {"BRIDGEPEER": "Local/callee-10;1"}
+    ami.channels["Local/callee-10;1"] = "1700000000.11"
+    ami.variables["Local/callee-10;1"] = {"IVR_CALL_KEY": key,
+                                          "IVR_ANSWERED_AT": f"{time.time():.3f}"}
+    c = CallController(ami, ledger)  # type: ignore[arg-type]
+    assert (await c.recover_once()).adopted == [key]
+    ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,5000"  # ended; no Hangup event reached us
+    assert (await c.recover_once()).settled == [key]
+    assert c.live_call("1700000000.10") is None
+    assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.95"), Decimal(0))
+
+
+@pytest.mark.parametrize("variables", [
+    {},  # not bridged (still ringing, or its caller in the top-up menu)
+    {"BRIDGEPEER": "Local/other;1"},  # bridged to a channel of another call
+])
+async def test_a_live_call_that_cannot_be_followed_is_left_alone(
+    db, ledger, card, ami, variables
+):
+    key = "1700000000.12-1"
+    reserve(ledger, card, key, channel="PJSIP/in-12")
+    ami.channels["PJSIP/in-12"] = "1700000000.12"
+    ami.variables["PJSIP/in-12"] = variables
+    ami.channels["Local/other;1"] = "1700000000.13"
+    ami.variables["Local/other;1"] = {"IVR_CALL_KEY": "1700000000.99-1",
+                                      "IVR_ANSWERED_AT": "1700000000.000"}
+    c = CallController(ami, ledger)  # type: ignore[arg-type]
+    report = await c.recover_once()
+    assert (report.adopted, report.live) == ([], [key])
+    assert c.live_calls == 0
