@@ -164,7 +164,7 @@ def _print_status(info: dict[str, object], as_json: bool) -> None:
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     shown = {k: str(v) for k, v in vars(settings).items()}
-    for secret in ("ami_secret", "payment_sandbox_secret", "sms_http_token"):
+    for secret in ("ami_secret", "payment_sandbox_secret", "sms_http_token", "secret_key"):
         shown[secret] = "***" if getattr(settings, secret) else ""
     shown["effective_database_url"] = settings.effective_database_url
     print(json.dumps(shown, indent=2))

@@ -306,13 +306,16 @@ def _set_callerid(s: Session, card: Card, args: argparse.Namespace, region: str)
 
 
 def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
+    from .secrets import load_secret_key
     from .vouchers import find, generate, void
 
     db = open_db(settings)
+    key = load_secret_key(settings.secret_key, settings.data_dir / "secret.key")
     if args.action == "generate":
         currency = args.currency or _only_currency(db)
         vouchers = generate(db, args.count, args.value, currency, Path(args.out),
-                            length=args.length, expires_on=args.expires, batch=args.batch)
+                            length=args.length, expires_on=args.expires, batch=args.batch,
+                            key=key)
         batch, currency = vouchers[0].batch, vouchers[0].currency
         _emit(args, {"generated": len(vouchers), "out": args.out, "batch": batch,
                      "value": display(args.value), "currency": currency,
@@ -320,7 +323,8 @@ def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
               f"{len(vouchers)} voucher(s) of {display(args.value)} {currency} "
               f"(batch {batch}) written to {args.out} (the only copy of their codes)")
         return 0
-    info = find(db, args.code) if args.action == "show" else void(db, args.code)
+    info = (find(db, args.code, key=key) if args.action == "show"
+            else void(db, args.code, key=key))
     data = {"voucher": f"...{info.last4}", "status": info.status.value,
             "value": display(info.value), "currency": info.currency, "batch": info.batch,
             "expires_on": info.expires_on, "redeemed_at": info.redeemed_at,

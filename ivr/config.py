@@ -101,6 +101,10 @@ class Settings:
     # Key the sandbox derives its card tokens from; any value works, but keep it stable,
     # or tokens saved earlier are no longer recognised.
     payment_sandbox_secret: str = "ivr-sandbox-token-secret"
+    # Key of the keyed hashes (HMAC-SHA256) that stand for recharge codes in the
+    # database. Empty: a random key kept in data_dir/secret.key, made on first use.
+    # Back it up with the database: without it no code can be redeemed.
+    secret_key: str = ""
     # Amounts offered in the top-up menu, comma-separated, in the account's currency.
     topup_amounts: str = "5,10,20"
     # While the caller is in the mid-call top-up menu the call is kept open at least this

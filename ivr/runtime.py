@@ -52,6 +52,14 @@ def set_settings(settings: Settings | None) -> None:
             _database = None
 
 
+def get_secret_key() -> bytes:
+    """The key of the recharge codes' keyed hashes (ivr.secrets.load_secret_key)."""
+    from .secrets import load_secret_key
+
+    settings = get_settings()
+    return load_secret_key(settings.secret_key, settings.data_dir / "secret.key")
+
+
 def get_database() -> Database:
     """The database of the current settings; call it from a worker thread (it may migrate)."""
     global _database

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 SCRYPT_LOG2_N = 14  # 16384: ~16 MiB and tens of ms per hash
 SCRYPT_R = 8
@@ -95,3 +97,24 @@ _PIN_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pin-check")
 def pin_check(pin: str, stored: str) -> bool:
     """:func:`verify_pin` on the dedicated PIN threads (call it from any thread)."""
     return _PIN_POOL.submit(verify_pin, pin, stored).result()
+
+
+def load_secret_key(configured: str, path: Path) -> bytes:
+    """The server's secret for keyed hashes (recharge codes): ``configured`` when set,
+    else a random key kept in ``path`` (mode 0600), made on first use. Keep it with the
+    database's backups: without it no stored code can be matched."""
+    if configured:
+        return configured.encode()
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made meanwhile by another process
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return bytes.fromhex(key)

@@ -1,12 +1,15 @@
 """Recharge codes (vouchers): generated in batches, redeemed exactly once.
 
 A code is ``length`` digits from the CSPRNG whose last digit is a Luhn check digit, so a
-mistyped code is refused without looking it up. The database keeps only the code's
-SHA-256 and last four digits: the CSV written at generation (mode 0600, never
-overwritten) is the one clear copy.
+mistyped code is refused without looking it up. The database keeps only a keyed hash of
+the code (HMAC-SHA256 under the server's secret key, ``runtime.get_secret_key``) and its
+last four digits: the CSV written at generation (mode 0600, never overwritten) is the one
+clear copy. A plain hash would not do: codes are short digit strings, so anyone with a
+copy of the database could try them all offline; without the key they cannot. Codes
+stored by earlier versions under plain SHA-256 are still found (``_hashes``).
 
 Exactly once: a redemption is a conditional ``UPDATE vouchers SET status='redeemed' ...
-WHERE code_hash = :h AND status = 'new'`` whose row count decides, and the credit is
+WHERE code_hash IN (:hashes) AND status = 'new'`` whose row count decides, and the credit is
 written in the same transaction (ledger ref ``voucher:<id>``, itself idempotent). Two
 attempts at once cannot both see ``new``: SQLite serializes writers (BEGIN IMMEDIATE),
 and on PostgreSQL the second UPDATE waits for the first's row lock, then re-checks the
@@ -24,6 +27,7 @@ from __future__ import annotations
 import csv
 import enum
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -103,8 +107,14 @@ class VoucherInfo:
     created_at: datetime
 
 
-def code_hash(code: str) -> str:
-    return hashlib.sha256(code.encode()).hexdigest()
+def code_hash(code: str, key: bytes) -> str:
+    """What stands for a code in the database: HMAC-SHA256 under the server's key."""
+    return hmac.new(key, code.encode(), hashlib.sha256).hexdigest()
+
+
+def _hashes(code: str, key: bytes) -> list[str]:
+    """The hashes a stored code may have: keyed, or plain SHA-256 (earlier versions)."""
+    return [code_hash(code, key), hashlib.sha256(code.encode()).hexdigest()]
 
 
 def normalise(code: str) -> str:
@@ -133,6 +143,7 @@ def generate(
     length: int = 14,
     expires_on: date | None = None,
     batch: str | None = None,
+    key: bytes,
 ) -> list[IssuedVoucher]:
     """Create ``count`` vouchers worth ``value`` ``currency`` each and write their codes to
     ``out`` (CSV: code, value, currency, expires_on, batch; mode 0600; an existing file
@@ -158,10 +169,10 @@ def generate(
     created = False
     try:
         with db.transaction() as s:
-            codes = _unused_codes(s, count, length)
+            codes = _unused_codes(s, count, length, key)
             now = datetime.now(UTC)
             s.execute(insert(Voucher), [
-                {"code_hash": code_hash(c), "last4": c[-4:], "value": value,
+                {"code_hash": code_hash(c, key), "last4": c[-4:], "value": value,
                  "currency": currency, "batch": batch, "status": VoucherStatus.NEW,
                  "expires_on": expires_on, "created_at": now}
                 for c in codes
@@ -179,21 +190,23 @@ def generate(
     return issued
 
 
-def _unused_codes(s: Session, count: int, length: int) -> list[str]:
-    """``count`` distinct codes whose hashes are not in the database yet."""
-    codes: dict[str, str] = {}  # hash -> code
+def _unused_codes(s: Session, count: int, length: int, key: bytes) -> list[str]:
+    """``count`` distinct codes not in the database yet (under either hash)."""
+    codes: dict[str, str] = {}  # keyed hash -> code
     for _ in range(20):
         fresh: dict[str, str] = {}
+        alias: dict[str, str] = {}  # any hash of a fresh code -> its keyed hash
         while len(codes) + len(fresh) < count:
             code = new_code(length)
-            h = code_hash(code)
-            if h not in codes:
-                fresh[h] = code
-        hashes = list(fresh)
+            keyed, plain = _hashes(code, key)
+            if keyed not in codes and keyed not in fresh:
+                fresh[keyed] = code
+                alias[keyed] = alias[plain] = keyed
+        hashes = list(alias)
         for i in range(0, len(hashes), _LOOKUP_CHUNK):
             chunk = hashes[i:i + _LOOKUP_CHUNK]
             for taken in s.scalars(select(Voucher.code_hash).where(Voucher.code_hash.in_(chunk))):
-                del fresh[taken]
+                fresh.pop(alias[taken], None)
         codes.update(fresh)
         if len(codes) == count:
             return list(codes.values())
@@ -220,6 +233,7 @@ def redeem(
     card_id: int | None = None,
     max_failures: int = 5,
     today: date | None = None,
+    key: bytes,
 ) -> Redemption:
     """Credit ``account_id`` with the voucher ``code``, exactly once per code.
 
@@ -248,11 +262,11 @@ def redeem(
 
         if not (code.isdigit() and luhn_valid(code)):  # a typo: no look-up needed
             return result(_wrong_code(card, max_failures, last4))
-        h = code_hash(code)
+        hashes = _hashes(code, key)
         claimed = s.execute(
             update(Voucher)
             .where(
-                Voucher.code_hash == h,
+                Voucher.code_hash.in_(hashes),
                 Voucher.status == VoucherStatus.NEW,
                 Voucher.currency == account.currency,
                 or_(Voucher.expires_on.is_(None), Voucher.expires_on >= today),
@@ -263,7 +277,7 @@ def redeem(
         )
         # Re-read after the UPDATE: on PostgreSQL a concurrent winner's commit is visible
         # to this statement.
-        voucher = s.scalar(select(Voucher).where(Voucher.code_hash == h)
+        voucher = s.scalar(select(Voucher).where(Voucher.code_hash.in_(hashes))
                            .execution_options(populate_existing=True))
         if claimed.rowcount != 1:
             if voucher is None:
@@ -324,16 +338,16 @@ def _why_not(voucher: Voucher, account: Account, today: date) -> RedeemVerdict:
 # --------------------------------------------------------------------------- operators
 
 
-def find(db: Database, code: str) -> VoucherInfo:
+def find(db: Database, code: str, *, key: bytes) -> VoucherInfo:
     with db.transaction() as s:
-        return _info(s, _get(s, code))
+        return _info(s, _get(s, code, key))
 
 
-def void(db: Database, code: str) -> VoucherInfo:
+def void(db: Database, code: str, *, key: bytes) -> VoucherInfo:
     """Cancel an unused voucher (lost, stolen, misprinted). Voiding twice is harmless; a
     redeemed voucher cannot be voided."""
     with db.transaction() as s:
-        voucher = _get(s, code)
+        voucher = _get(s, code, key)
         claimed = s.execute(
             update(Voucher)
             .where(Voucher.id == voucher.id, Voucher.status == VoucherStatus.NEW)
@@ -349,11 +363,11 @@ def void(db: Database, code: str) -> VoucherInfo:
         return _info(s, voucher)
 
 
-def _get(s: Session, code: str) -> Voucher:
+def _get(s: Session, code: str, key: bytes) -> Voucher:
     code = normalise(code)
     if not (code.isdigit() and luhn_valid(code)):
         raise ValueError(f"not a voucher code (check digit wrong): ...{code[-4:]}")
-    voucher = s.scalar(select(Voucher).where(Voucher.code_hash == code_hash(code)))
+    voucher = s.scalar(select(Voucher).where(Voucher.code_hash.in_(_hashes(code, key))))
     if voucher is None:
         raise NotFound(f"no voucher ending {code[-4:]}")
     return voucher

@@ -262,8 +262,9 @@ class VoucherStatus(enum.StrEnum):
 
 
 class Voucher(Base):
-    """A recharge code. Only its SHA-256 is stored: the CSV written at generation is the
-    one clear copy. Redeemed exactly once (a conditional UPDATE on status)."""
+    """A recharge code. Only a keyed hash of it is stored (HMAC-SHA256, ivr.vouchers): the
+    CSV written at generation is the one clear copy. Redeemed exactly once (a conditional
+    UPDATE on status)."""
 
     __tablename__ = "vouchers"
 

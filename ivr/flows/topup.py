@@ -160,9 +160,10 @@ async def by_code(s: TopUpSession) -> bool:
     if not typed:
         await prompts.play(s.call, "no-input")
         return False
+    key = await asyncio.to_thread(runtime.get_secret_key)
     result = await asyncio.to_thread(
         vouchers.redeem, s.db, typed, account_id=s.account_id, card_id=s.card_id,
-        max_failures=s.settings.pin_max_failures,
+        max_failures=s.settings.pin_max_failures, key=key,
     )
     verdict = result.verdict.name
     log.info("%s recharge code: %s", s.tag, verdict)

@@ -23,6 +23,7 @@ retail,*,Anywhere,0,1.20,60,60,0,,,,
 @pytest.fixture
 def ivr(tmp_path, monkeypatch, ivr_cli):
     monkeypatch.setenv("IVR_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    monkeypatch.setenv("IVR_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
     return ivr_cli
 
@@ -158,6 +159,7 @@ def test_cards_set_callerid(ivr, tmp_path, monkeypatch):
 def test_vouchers(ivr, tmp_path):
     from ivr.accounts import find_account
     from ivr.db import Database
+    from ivr.secrets import load_secret_key
     from ivr.vouchers import RedeemVerdict, redeem
 
     ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
@@ -184,7 +186,9 @@ def test_vouchers(ivr, tmp_path):
     try:
         with db.transaction() as s:
             account_id = find_account(s, "700200").id
-        assert redeem(db, first, account_id=account_id).verdict is RedeemVerdict.OK
+        # The CLI made the server's key (data_dir/secret.key) and hashed the codes with it.
+        key = load_secret_key("", tmp_path / "data" / "secret.key")
+        assert redeem(db, first, account_id=account_id, key=key).verdict is RedeemVerdict.OK
     finally:
         db.dispose()
     text = ivr("vouchers", "show", first)

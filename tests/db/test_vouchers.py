@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import os
 import stat
@@ -20,11 +21,12 @@ from ivr.accounts import NotFound, create_account
 from ivr.db import Database
 from ivr.db.models import Account, Card, CardStatus, EntryKind, LedgerEntry, Voucher, VoucherStatus
 from ivr.ledger import LedgerError, ledger_sum
-from ivr.secrets import luhn_valid
+from ivr.secrets import load_secret_key, luhn_valid
 from ivr.testing.access import create_test_plan, new_card
 from ivr.vouchers import RedeemVerdict, code_hash, find, generate, redeem, void
 
 V = RedeemVerdict
+KEY = b"test-secret-key"
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ def new_account(db: Database, balance: str = "1") -> int:
 
 def make(db: Database, out: Path, count: int = 1, value: str = "5", currency: str = "USD",
          **kw) -> list[str]:
-    return [v.code for v in generate(db, count, Decimal(value), currency, out, **kw)]
+    return [v.code for v in generate(db, count, Decimal(value), currency, out, **kw, key=KEY)]
 
 
 def balance_of(db: Database, account_id: int) -> tuple[Decimal, Decimal]:
@@ -56,7 +58,7 @@ def voucher_entries(db: Database) -> list[LedgerEntry]:
 
 
 def status_of(db: Database, code: str) -> VoucherStatus:
-    return find(db, code).status
+    return find(db, code, key=KEY).status
 
 
 def mistype(code: str) -> str:
@@ -70,7 +72,7 @@ def mistype(code: str) -> str:
 def test_generate_writes_the_only_clear_copy(plan: Database, tmp_path):
     out = tmp_path / "vouchers.csv"
     issued = generate(plan, 200, Decimal("2.50"), "usd", out, expires_on=date(2027, 6, 30),
-                      batch="promo-1")
+                      batch="promo-1", key=KEY)
     codes = [v.code for v in issued]
     assert len(set(codes)) == 200
     assert all(len(c) == 14 and c.isdigit() and luhn_valid(c) and c[0] != "0" for c in codes)
@@ -83,7 +85,10 @@ def test_generate_writes_the_only_clear_copy(plan: Database, tmp_path):
     with plan.transaction() as s:
         vouchers = s.scalars(select(Voucher)).all()
         assert len(vouchers) == 200
-        assert {v.code_hash for v in vouchers} == {code_hash(c) for c in codes}
+        # Keyed hashes: without the server's key a stolen database tells nothing.
+        assert {v.code_hash for v in vouchers} == {code_hash(c, KEY) for c in codes}
+        assert not {v.code_hash for v in vouchers} & {
+            hashlib.sha256(c.encode()).hexdigest() for c in codes}
         assert {v.last4 for v in vouchers} == {c[-4:] for c in codes}
         assert all(v.status is VoucherStatus.NEW and v.value == Decimal("2.50")
                    and v.currency == "USD" and v.batch == "promo-1" for v in vouchers)
@@ -96,7 +101,7 @@ def test_generate_writes_the_only_clear_copy(plan: Database, tmp_path):
 
     longer = make(plan, tmp_path / "long.csv", 3, length=20)
     assert all(len(c) == 20 and luhn_valid(c) for c in longer)
-    assert find(plan, longer[0]).batch.startswith("V")  # a generated batch label
+    assert find(plan, longer[0], key=KEY).batch.startswith("V")  # a generated batch label
 
 
 @pytest.mark.parametrize("count, value, currency, length, error", [
@@ -113,7 +118,7 @@ def test_generate_writes_the_only_clear_copy(plan: Database, tmp_path):
 def test_generate_refusals(plan: Database, tmp_path, count, value, currency, length, error):
     out = tmp_path / "v.csv"
     with pytest.raises(ValueError, match=error):
-        generate(plan, count, Decimal(value), currency, out, length=length)
+        generate(plan, count, Decimal(value), currency, out, length=length, key=KEY)
     assert not out.exists()
     with plan.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Voucher)) == 0
@@ -123,7 +128,7 @@ def test_generate_never_overwrites_a_file(plan: Database, tmp_path):
     out = tmp_path / "v.csv"
     out.write_text("precious\n")
     with pytest.raises(FileExistsError):
-        generate(plan, 1, Decimal(5), "USD", out)
+        generate(plan, 1, Decimal(5), "USD", out, key=KEY)
     assert out.read_text() == "precious\n"
     with plan.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Voucher)) == 0
@@ -137,12 +142,12 @@ def test_redeem_once(plan: Database, tmp_path, caplog):
     (code,) = make(plan, tmp_path / "v.csv", value="5")
     first, second = new_account(plan, "1"), new_account(plan, "1")
 
-    done = redeem(plan, code, account_id=first)
+    done = redeem(plan, code, account_id=first, key=KEY)
     assert (done.verdict, done.amount, done.balance, done.currency, done.last4) == (
         V.OK, Decimal(5), Decimal(6), "USD", code[-4:])
     assert balance_of(plan, first) == (Decimal(6), Decimal(6))
     (entry,) = voucher_entries(plan)
-    info = find(plan, code)
+    info = find(plan, code, key=KEY)
     assert (entry.account_id, entry.amount, entry.ref) == (first, Decimal(5),
                                                            f"voucher:{info.id}")
     assert info.status is VoucherStatus.REDEEMED and info.redeemed_at is not None
@@ -150,9 +155,9 @@ def test_redeem_once(plan: Database, tmp_path, caplog):
         assert info.redeemed_by == s.get(Account, first).number  # type: ignore[union-attr]
 
     # Spaces or dashes between digit groups are fine; the code is spent all the same.
-    again = redeem(plan, f"{code[:4]} {code[4:8]}-{code[8:]}", account_id=first)
+    again = redeem(plan, f"{code[:4]} {code[4:8]}-{code[8:]}", account_id=first, key=KEY)
     assert (again.verdict, again.amount, again.balance) == (V.USED, Decimal(0), Decimal(6))
-    assert redeem(plan, code, account_id=second).verdict is V.USED
+    assert redeem(plan, code, account_id=second, key=KEY).verdict is V.USED
     assert balance_of(plan, second) == (Decimal(1), Decimal(1))
     assert len(voucher_entries(plan)) == 1
     assert code not in caplog.text and code[-4:] in caplog.text
@@ -161,29 +166,31 @@ def test_redeem_once(plan: Database, tmp_path, caplog):
 def test_expired_void_and_wrong_currency(plan: Database, tmp_path):
     account = new_account(plan, "0")
     (dated,) = make(plan, tmp_path / "dated.csv", expires_on=date(2027, 1, 31))
-    assert redeem(plan, dated, account_id=account, today=date(2027, 2, 1)).verdict is V.EXPIRED
+    assert redeem(plan, dated, account_id=account, today=date(2027, 2, 1),
+                  key=KEY).verdict is V.EXPIRED
     assert status_of(plan, dated) is VoucherStatus.NEW
     # The expiry date is the last day of use.
-    assert redeem(plan, dated, account_id=account, today=date(2027, 1, 31)).verdict is V.OK
+    assert redeem(plan, dated, account_id=account, today=date(2027, 1, 31),
+                  key=KEY).verdict is V.OK
 
     (voided,) = make(plan, tmp_path / "void.csv")
-    assert void(plan, voided).status is VoucherStatus.VOID
-    assert void(plan, voided).status is VoucherStatus.VOID  # twice: harmless
-    assert redeem(plan, voided, account_id=account).verdict is V.VOID
+    assert void(plan, voided, key=KEY).status is VoucherStatus.VOID
+    assert void(plan, voided, key=KEY).status is VoucherStatus.VOID  # twice: harmless
+    assert redeem(plan, voided, account_id=account, key=KEY).verdict is V.VOID
     with pytest.raises(LedgerError, match="already redeemed"):
-        void(plan, dated)
+        void(plan, dated, key=KEY)
 
     (euros,) = make(plan, tmp_path / "eur.csv", currency="EUR")
-    wrong = redeem(plan, euros, account_id=account)
+    wrong = redeem(plan, euros, account_id=account, key=KEY)
     assert (wrong.verdict, wrong.amount, wrong.balance) == (V.WRONG_CURRENCY, 0, Decimal(5))
     assert status_of(plan, euros) is VoucherStatus.NEW
 
     assert balance_of(plan, account) == (Decimal(5), Decimal(5))
     assert len(voucher_entries(plan)) == 1
     with pytest.raises(ValueError, match="check digit"):
-        find(plan, mistype(euros))
+        find(plan, mistype(euros), key=KEY)
     with pytest.raises(NotFound):
-        void(plan, _unknown_code(euros))
+        void(plan, _unknown_code(euros), key=KEY)
 
 
 def _unknown_code(code: str) -> str:
@@ -198,7 +205,7 @@ def test_wrong_codes_without_a_card(plan: Database, tmp_path):
     account = new_account(plan, "1")
     (code,) = make(plan, tmp_path / "v.csv")
     for typed in (mistype(code), _unknown_code(code), "", "12ab", "7"):
-        result = redeem(plan, typed, account_id=account)
+        result = redeem(plan, typed, account_id=account, key=KEY)
         assert (result.verdict, result.failures) == (V.INVALID, 0)
     assert status_of(plan, code) is VoucherStatus.NEW
     assert balance_of(plan, account) == (Decimal(1), Decimal(1))
@@ -211,7 +218,8 @@ def test_wrong_codes_lock_the_card_like_pins(plan: Database, tmp_path):
     good, later = make(plan, tmp_path / "v.csv", 2, value="3")
 
     def typed(code: str) -> tuple[V, int]:
-        r = redeem(plan, code, account_id=account, card_id=card.card_id, max_failures=3)
+        r = redeem(plan, code, account_id=account, card_id=card.card_id, max_failures=3,
+                   key=KEY)
         return r.verdict, r.failures
 
     # A bad check digit is refused without looking the code up, but still counts.
@@ -248,9 +256,9 @@ def test_card_must_belong_to_the_account(plan: Database, tmp_path):
     other = new_account(plan)
     (code,) = make(plan, tmp_path / "v.csv")
     with pytest.raises(LedgerError, match="does not belong"):
-        redeem(plan, code, account_id=other, card_id=card.card_id)
+        redeem(plan, code, account_id=other, card_id=card.card_id, key=KEY)
     with pytest.raises(NotFound):
-        redeem(plan, code, account_id=999_999)
+        redeem(plan, code, account_id=999_999, key=KEY)
     assert status_of(plan, code) is VoucherStatus.NEW
 
 
@@ -267,7 +275,7 @@ def test_20_concurrent_redemptions_give_exactly_one_credit(plan: Database, tmp_p
 
     def attempt(account_id: int):  # noqa: ANN202
         barrier.wait()
-        return account_id, redeem(plan, code, account_id=account_id)
+        return account_id, redeem(plan, code, account_id=account_id, key=KEY)
 
     with ThreadPoolExecutor(max_workers=20) as pool:
         results = list(pool.map(attempt, ids))
@@ -277,9 +285,33 @@ def test_20_concurrent_redemptions_give_exactly_one_credit(plan: Database, tmp_p
     winner = next(a for a, r in results if r.verdict is V.OK)
     (entry,) = voucher_entries(plan)
     assert (entry.account_id, entry.amount) == (winner, Decimal("7.25"))
-    info = find(plan, code)
+    info = find(plan, code, key=KEY)
     assert entry.ref == f"voucher:{info.id}" and info.status is VoucherStatus.REDEEMED
     for account_id in set(ids):
         balance, total = balance_of(plan, account_id)
         assert balance == total  # the cached balance is the ledger's sum
         assert balance == (Decimal("8.25") if account_id == winner else Decimal(1))
+
+
+def test_a_code_stored_by_an_earlier_version_is_still_redeemed_once(plan, tmp_path):
+    """Earlier versions stored a plain SHA-256; such a code still works, and a code of
+    the new scheme is found only with the right key."""
+    account = new_account(plan)
+    old_code = make(plan, tmp_path / "old.csv", 1)[0]
+    with plan.transaction() as s:
+        voucher = s.scalar(select(Voucher))
+        assert voucher is not None
+        voucher.code_hash = hashlib.sha256(old_code.encode()).hexdigest()
+    assert redeem(plan, old_code, account_id=account, key=KEY).verdict is V.OK
+    assert redeem(plan, old_code, account_id=account, key=KEY).verdict is V.USED
+    new_code = make(plan, tmp_path / "new.csv", 1)[0]
+    assert redeem(plan, new_code, account_id=account, key=b"another key").verdict is V.INVALID
+    assert redeem(plan, new_code, account_id=account, key=KEY).verdict is V.OK
+
+
+def test_the_secret_key_is_made_once_and_kept_private(tmp_path):
+    path = tmp_path / "data" / "secret.key"
+    key = load_secret_key("", path)
+    assert len(key) == 32 and stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_secret_key("", path) == key  # the same key on every start
+    assert load_secret_key("configured", path) == b"configured"
