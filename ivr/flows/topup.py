@@ -79,11 +79,10 @@ async def topup(call: AgiSession) -> None:
     try:
         added = await topup_menu(session)
     finally:
+        # The hold from the money there is now: bigger after a top-up; without one, the
+        # limit from before the menu, or the next hold if this one ran out meanwhile.
         try:
-            if added:  # a bigger hold from the new balance
-                await controller.renew(call.env.uniqueid)
-            else:  # the old limit back
-                await controller.extend(call.env.uniqueid, live.granted)
+            await controller.renew(call.env.uniqueid)
         except (AmiError, LookupError) as exc:  # the call ended meanwhile
             log.info("%s limit not moved: %s", session.tag, exc)
     await call.set_variable("TIMEOUT(absolute)",

@@ -577,3 +577,23 @@ async def test_a_live_call_that_cannot_be_followed_is_left_alone(
     report = await c.recover_once()
     assert (report.adopted, report.live) == ([], [key])
     assert c.live_calls == 0
+
+
+async def test_a_hold_that_ran_out_in_the_top_up_menu_is_renewed_after_it(
+    db, ledger, card, ami
+):
+    """The caller pressed *9 near the end of a hold and paid nothing: back from the menu
+    the call gets the next hold from the money there is, not the old, passed limit."""
+    now = [0.0]
+    c = CallController(ami, ledger, low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    call, _ = held_call(ledger, card, hold=30)  # 100 s of money, 30 s held
+    c.track(call)
+    now[0] = 25.0
+    await c.hold_open(call.uniqueid, 60)  # the menu: at least 60 s, renewal held
+    assert call._timers == [] and limits(ami)[0] == ("Local/callee-9", "60.000")
+    now[0] = 70.0  # 40 s in the menu: past the old hold's end
+    await c.renew(call.uniqueid)
+    assert call.granted == 100  # min(all the money, 70 s in + one hold)
+    assert limits(ami)[-2] == ("Local/callee-9", "30.000")
+    c.done(call.key)
