@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from .config import ConfigError, Settings, load_settings
 
@@ -30,6 +31,21 @@ def _setup_logging(settings: Settings, verbose: bool) -> None:
 # What the call controller listens to: Dial and Hangup events (class "call"). Not "dtmf"
 # nor "agi", whose events carry the keys callers type.
 SERVER_AMI_EVENTS = "call"
+
+
+async def _reconcile_payments(settings: Settings) -> None:
+    """Settle card payments left pending or timed out with the gateway (ivr.payments)."""
+    from . import payments, runtime
+
+    after = timedelta(seconds=settings.payment_reconcile_after)
+    while True:
+        await asyncio.sleep(settings.payment_reconcile_interval)
+        try:
+            db = await asyncio.to_thread(runtime.get_database)
+            await payments.reconcile(db, runtime.get_gateway(), older_than=after)
+        except Exception:
+            log.exception("payment reconciliation failed; next try in %gs",
+                          settings.payment_reconcile_interval)
 
 
 async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None) -> int:
@@ -62,6 +78,8 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     gc.freeze()
     # Calls that ended while no server was running are settled from Asterisk's records.
     controller.start_recovery(settings.recovery_interval)
+    reconciler = (asyncio.ensure_future(_reconcile_payments(settings))
+                  if settings.payment_reconcile_interval > 0 else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,6 +89,8 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     await stop.wait()
     log.info("stopping; running calls get up to %gs to finish", settings.shutdown_grace)
     await server.shutdown(settings.shutdown_grace)
+    if reconciler is not None:
+        reconciler.cancel()
     await controller.close()
     runtime.set_controller(None)
     ami_task.cancel()

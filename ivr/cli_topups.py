@@ -1,6 +1,6 @@
-"""Operator commands for paid top-ups: ``ivr auto-recharge``, ``ivr notices`` and
-``ivr payments list`` (each with --json). Card numbers are never shown: only the last four
-digits exist."""
+"""Operator commands for paid top-ups: ``ivr auto-recharge``, ``ivr notices``,
+``ivr payments list`` and ``ivr payments reconcile`` (each with --json). Card numbers are
+never shown: only the last four digits exist."""
 
 from __future__ import annotations
 
@@ -168,6 +168,26 @@ def cmd_payments(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import timedelta
+
+    from .payments import gateway_from_settings, reconcile
+
+    db = open_db(settings)
+    older = timedelta(seconds=settings.payment_reconcile_after
+                      if args.older_than is None else args.older_than)
+    decided = asyncio.run(reconcile(db, gateway_from_settings(settings), older_than=older))
+    rows = [{"payment_id": r.payment_id, "verdict": r.verdict.value,
+             "amount": display(r.amount), "last4": r.last4, "reason": r.reason,
+             "balance": display(r.balance)} for r in decided]
+    text = "\n".join(
+        f"{r['payment_id']}: {r['verdict']} {r['amount']} ...{r['last4'] or '----'}"
+        f"{'  ' + r['reason'] if r['reason'] else ''}" for r in rows)
+    _emit(args, {"reconciled": rows}, text or "no payments left to reconcile")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -200,3 +220,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--account", help="only this account's")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=_admin(cmd_payments))
+    p = with_json(payments.add_parser(
+        "reconcile", help="settle pending or timed-out payments with the gateway"))
+    p.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
+                   help="only payments at least this old (default: payment_reconcile_after)")
+    p.set_defaults(func=_admin(cmd_reconcile))

@@ -98,6 +98,10 @@ class Settings:
     payment_gateway: str = "sandbox"
     # Seconds a charge may take before it counts as timed out (nothing is credited).
     payment_timeout: float = 20.0
+    # Payments left pending or timed out are settled with the gateway (credited when it
+    # charged, else closed) once this many seconds old, checked every interval (0: off).
+    payment_reconcile_after: float = 300.0
+    payment_reconcile_interval: float = 60.0
     # Key the sandbox derives its card tokens from; any value works, but keep it stable,
     # or tokens saved earlier are no longer recognised.
     payment_sandbox_secret: str = "ivr-sandbox-token-secret"

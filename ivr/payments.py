@@ -17,12 +17,17 @@ while the gateway is working (which may take ``payment_timeout`` seconds):
 3. a second transaction records the outcome and, on approval, credits the ledger with
    ``ref=payment_id`` (idempotent) and saves or refreshes the payment method.
 
-A timeout leaves the row ``timeout`` and credits nothing. (With a real processor a timed-out
-charge may still have gone through; retrying the same ``payment_id`` settles that, as the
-processor then answers with the first result.)
+A timeout leaves the row ``timeout`` and credits nothing. With a real processor a timed-out
+charge may still have gone through, and a process that died mid-charge leaves its row
+``pending``: :func:`reconcile` (run by ``ivr serve`` every ``payment_reconcile_interval``
+seconds, and by ``ivr payments reconcile``) asks the gateway what became of each such
+payment once it is ``payment_reconcile_after`` seconds old, credits the ones that were
+charged (once: the ledger ref is the payment id) and closes the others, so a customer is
+never charged for credit they did not get.
 
-Plugging in a real processor: write a class with the two coroutines of
-:class:`PaymentGateway` (tokenise-and-charge a card, charge a token), map the processor's
+Plugging in a real processor: write a class with the three coroutines of
+:class:`PaymentGateway` (tokenise-and-charge a card, charge a token, look up a charge by
+payment id), map the processor's
 answer to a :class:`ChargeResult`, pass ``payment_id`` as the processor's idempotency key,
 raise :class:`GatewayTimeout` when it does not answer in time, and point the
 ``payment_gateway`` setting at a factory: ``payment_gateway = "mypsp.ivr:make_gateway"``,
@@ -41,7 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -176,6 +181,11 @@ class PaymentGateway(Protocol):
         self, token: str, amount: Decimal, currency: str, payment_id: str
     ) -> ChargeResult: ...
 
+    async def lookup(self, payment_id: str) -> ChargeResult | None:
+        """What became of an earlier charge with this id; None when the processor has
+        no record of it (nothing was charged). Used by :func:`reconcile`."""
+        ...
+
 
 @dataclass(frozen=True)
 class _Tokenised:
@@ -249,6 +259,12 @@ class SandboxGateway:
         self.charges += 1
         self._results[payment_id] = (fingerprint, result)
         return result
+
+    async def lookup(self, payment_id: str) -> ChargeResult | None:
+        """The result of a charge this sandbox answered (its records live in memory, so
+        a new process knows none of the earlier ones)."""
+        recorded = self._results.get(payment_id)
+        return None if recorded is None else recorded[1]
 
     def _replay(self, payment_id: str, fingerprint: str) -> ChargeResult:
         first_fingerprint, result = self._results[payment_id]
@@ -434,9 +450,23 @@ def _start(db: Database, account_id: int, amount: Decimal, payment_id: str, sour
     raise AssertionError("unreachable")
 
 
+@overload
 def _finish(db: Database, payment_id: str, status: PaymentStatus, result: ChargeResult | None,
-            *, save: bool, expiry: str, now: datetime) -> TopUpResult:
-    """Step 3: record the outcome; on approval credit the ledger and keep the method."""
+            *, save: bool, expiry: str, now: datetime) -> TopUpResult: ...
+
+
+@overload
+def _finish(db: Database, payment_id: str, status: PaymentStatus, result: ChargeResult | None,
+            *, save: bool, expiry: str, now: datetime,
+            only_if: tuple[str, ...]) -> TopUpResult | None: ...
+
+
+def _finish(db: Database, payment_id: str, status: PaymentStatus, result: ChargeResult | None,
+            *, save: bool, expiry: str, now: datetime,
+            only_if: tuple[str, ...] | None = None) -> TopUpResult | None:
+    """Step 3: record the outcome; on approval credit the ledger and keep the method.
+    With ``only_if``: nothing (None) unless the payment's status is one of those (a
+    concurrent attempt may have settled it meanwhile)."""
     with db.transaction() as s:
         account_id = s.scalar(select(Payment.account_id).where(Payment.payment_id == payment_id))
         if account_id is None:
@@ -445,6 +475,8 @@ def _finish(db: Database, payment_id: str, status: PaymentStatus, result: Charge
         payment = s.execute(select(Payment).where(Payment.payment_id == payment_id)
                             .with_for_update()
                             .execution_options(populate_existing=True)).scalar_one()
+        if only_if is not None and payment.status not in only_if:
+            return None
         if payment.status == PaymentStatus.APPROVED and status is not PaymentStatus.APPROVED:
             # A concurrent attempt with this id was approved: that stands.
             return TopUpResult(TopUpVerdict.APPROVED, payment.amount, account.balance,
@@ -637,3 +669,43 @@ async def maybe_auto_recharge(
         return None
     return await _pay_stored(db, gateway, account_id, amount, payment_id, "auto", now)
 
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+UNRESOLVED = (PaymentStatus.PENDING.value, PaymentStatus.TIMEOUT.value)
+
+
+async def reconcile(db: Database, gateway: PaymentGateway, *, older_than: timedelta,
+                    now: datetime | None = None) -> list[TopUpResult]:
+    """Settle payments left ``pending`` (the process died mid-charge) or ``timeout`` (the
+    gateway did not answer in time) once they are ``older_than``: a charge the gateway
+    approved is credited (idempotent per payment id), anything else is closed as declined
+    with the reason. Returns what was decided, one result per payment."""
+    now = now or datetime.now(UTC)
+
+    def unresolved() -> list[str]:
+        with db.transaction() as s:
+            return list(s.scalars(select(Payment.payment_id).where(
+                Payment.status.in_(UNRESOLVED), Payment.created_at <= now - older_than)
+                .order_by(Payment.id)))
+
+    decided: list[TopUpResult] = []
+    for payment_id in await asyncio.to_thread(unresolved):
+        result = await gateway.lookup(payment_id)
+        if result is None:
+            status = PaymentStatus.DECLINED
+            result = ChargeResult(ChargeStatus.DECLINED,
+                                  reason="not charged (no record at the gateway)")
+        else:
+            status = PaymentStatus(result.status.value)
+            if status is PaymentStatus.ERROR:
+                status = PaymentStatus.DECLINED
+        outcome = await asyncio.to_thread(_finish, db, payment_id, status, result, save=False,
+                                          expiry="", now=now, only_if=UNRESOLVED)
+        if outcome is not None:
+            log.info("payment %s reconciled: %s %s", payment_id, outcome.verdict.value,
+                     outcome.amount)
+            decided.append(outcome)
+    return decided

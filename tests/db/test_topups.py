@@ -25,11 +25,13 @@ from ivr.payments import (
     SANDBOX_DECLINE,
     SANDBOX_TIMEOUT,
     CardDetails,
+    ChargeStatus,
     SandboxGateway,
     TopUpVerdict,
     maybe_auto_recharge,
     pay_with_card,
     pay_with_stored,
+    reconcile,
 )
 from ivr.testing.access import create_test_plan
 
@@ -445,3 +447,56 @@ async def test_cli(plan: Database, gw: SandboxGateway, capsys):
         ("cli-1", "approved", "1111")]
     assert "no account" in run_cli(plan, capsys, "payments", "list", "--account", "404",
                                    expect=1)
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def unresolved_payment(db: Database, account_id: int, payment_id: str, status: str,
+                       age: timedelta) -> None:
+    """A payment row as a process leaves it when it dies mid-charge (pending) or when the
+    gateway did not answer in time (timeout)."""
+    with db.transaction() as s:
+        s.add(Payment(payment_id=payment_id, account_id=account_id, source="card",
+                      amount=Decimal("10"), currency="USD", status=status, last4="1111",
+                      created_at=NOW - age))
+
+
+async def test_reconcile_credits_what_the_gateway_charged_and_closes_the_rest(
+    plan: Database, gw: SandboxGateway
+):
+    account = new_account(plan, "2")
+    # The gateway charged this one, but the process died before recording it.
+    unresolved_payment(plan, account, "pay-died", "pending", timedelta(minutes=10))
+    charged = await gw.charge_card(typed(), Decimal("10"), "USD", "pay-died")
+    assert charged.status is ChargeStatus.APPROVED
+    # This one timed out and the gateway never took it.
+    unresolved_payment(plan, account, "pay-lost", "timeout", timedelta(minutes=10))
+    # Too young: it may still be in flight.
+    unresolved_payment(plan, account, "pay-young", "pending", timedelta(seconds=30))
+
+    decided = await reconcile(plan, gw, older_than=timedelta(minutes=5), now=NOW)
+    assert [(r.payment_id, r.verdict) for r in decided] == [
+        ("pay-died", TopUpVerdict.APPROVED), ("pay-lost", TopUpVerdict.DECLINED)]
+    assert balance_of(plan, account) == Decimal(12)
+    assert [e.ref for e in topups(plan, account)] == ["pay-died"]
+    statuses = {p.payment_id: (p.status, p.reason) for p in payments(plan, account)}
+    assert statuses == {
+        "pay-died": ("approved", ""),
+        "pay-lost": ("declined", "not charged (no record at the gateway)"),
+        "pay-young": ("pending", ""),
+    }
+    # Once settled, a payment is not looked at again: no second credit.
+    assert await reconcile(plan, gw, older_than=timedelta(minutes=5), now=NOW) == []
+    assert balance_of(plan, account) == Decimal(12)
+
+
+def test_cli_reconcile(plan: Database, capsys):
+    account = new_account(plan, "2")
+    unresolved_payment(plan, account, "pay-cli", "timeout", timedelta(days=1))
+    # A new process's sandbox has no record of any charge: the payment is closed.
+    data = json.loads(run_cli(plan, capsys, "payments", "reconcile", "--json"))
+    assert [(r["payment_id"], r["verdict"], r["amount"], r["balance"])
+            for r in data["reconciled"]] == [("pay-cli", "declined", "10.00", "2.00")]
+    assert run_cli(plan, capsys, "payments", "reconcile").strip() == (
+        "no payments left to reconcile")
