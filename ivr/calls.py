@@ -1,4 +1,4 @@
-"""The call controller: live calls seen from AMI, mid-call warnings, and recovery.
+"""The call controller: live calls seen from AMI, their holds and mid-call warnings.
 
 The access flow (``ivr.flows.access``) dials; this module watches. For each live call it
 learns from AMI when the destination answered (``DialEnd``), and schedules two warnings
@@ -17,14 +17,7 @@ the balance, less the other calls' holds, still buys, and moves the limit; the w
 are planned once a hold covers all the money left. So cards sharing an account can call
 at once and together never spend more than the balance.
 
-Recovery: when the server was down while a call ended, Asterisk's hang-up handler
-(``ivr-access-hangup``) recorded how it ended in AstDB (family ``ivr-calls``, key = the
-call key). :meth:`CallController.recover_once`, run at start and every
-``recovery_interval`` seconds, settles each open reservation that no flow of this process
-owns from that record, exactly once (settlement is idempotent per call key). A call still
-up in Asterisk is adopted: followed again from its channels (the called channel keeps
-its answer time), so its hold is renewed and the caller warned as if nothing happened;
-when it ends, the next sweep settles it.
+Calls that outlive this server are settled or adopted by :mod:`ivr.recovery`.
 """
 
 from __future__ import annotations
@@ -33,13 +26,12 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .ami import AmiClient, AmiError
-from .ledger import Ledger, LedgerError
+from .ledger import Ledger
 
 log = logging.getLogger("ivr.calls")
 
@@ -100,14 +92,6 @@ class CallOutcome:
         return cls(status.strip() or "UNKNOWN", millis // 1000)
 
 
-@dataclass
-class RecoveryReport:
-    settled: list[str] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)
-    live: list[str] = field(default_factory=list)  # still up in Asterisk, not bridged
-    adopted: list[str] = field(default_factory=list)  # still up and bridged: followed again
-
-
 class CallController:
     def __init__(
         self,
@@ -132,8 +116,6 @@ class CallController:
         self._claimed: set[str] = set()
         self._live: dict[str, LiveCall] = {}  # by caller uniqueid
         self._unsubscribe: list[Callable[[], None]] = []
-        self._recovery: asyncio.Task[None] | None = None
-        self._recovery_lock = asyncio.Lock()
         if ami is not None:
             for name, handler in (("DialBegin", self._on_dial_begin),
                                   ("DialEnd", self._on_dial_end),
@@ -151,6 +133,10 @@ class CallController:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     # ------------------------------------------------------------------ registry
+
+    def claimed(self, key: str) -> bool:
+        """A flow of this process owns this call (recovery leaves it alone)."""
+        return key in self._claimed
 
     def claim(self, key: str) -> None:
         """A flow of this process owns this call key (recovery leaves it alone). Claim
@@ -399,137 +385,7 @@ class CallController:
             await self.ami.action("Setvar", Channel=call.channel, Variable="TIMEOUT(absolute)",
                                   Value=str(math.ceil(seconds) + BACKSTOP_MARGIN))
 
-    # ------------------------------------------------------------------ recovery
-
-    async def recover_once(self) -> RecoveryReport:
-        """Settle or release every open reservation no flow of this process owns."""
-        report = RecoveryReport()
-        if self.ami is None or not self.ami.connected:
-            return report
-        async with self._recovery_lock:
-            for res in await asyncio.to_thread(self.ledger.open_reservations):
-                key = res.call_key
-                if key is None or (key in self._claimed and self._adopted(key) is None):
-                    continue
-                try:
-                    await self._recover(res, report)
-                except (AmiError, LedgerError) as exc:
-                    log.warning("recovery of call %s postponed: %s", key, exc)
-        if report.settled or report.released:
-            log.info("recovery: settled %s, released %s", report.settled, report.released)
-        return report
-
-    async def _recover(self, res: Any, report: RecoveryReport) -> None:
-        key = res.call_key
-        record = await self._astdb_get(key)
-        if self._adopted(key) is not None:
-            if record is None:
-                return  # still going (its Hangup event makes the next sweep settle it)
-            self.done(key)  # ended, though its Hangup event was missed
-        elif record is None:
-            if await self._channel_alive(res.channel, key):
-                # Asterisk enforces its limit; settle when it ends.
-                if await self._adopt(res, key):
-                    report.adopted.append(key)
-                else:
-                    report.live.append(key)
-                return
-            record = await self._astdb_get(key)  # it may have ended just now
-        if record is None:
-            # The channel is gone and never reached Dial's hang-up handler: nothing was
-            # dialled (or Asterisk itself restarted), so nothing is charged.
-            await asyncio.to_thread(self.ledger.release, res.id, uniqueid=key,
-                                    hangup_cause="recovered: no record")
-            report.released.append(key)
-            return
-        outcome = CallOutcome.parse(record)
-        if outcome.dial_status == "ANSWER":
-            await asyncio.to_thread(self.ledger.settle, res.id, outcome.billsec, uniqueid=key,
-                                    hangup_cause=f"recovered: {outcome.dial_status}")
-            report.settled.append(key)
-        else:
-            await asyncio.to_thread(self.ledger.release, res.id, uniqueid=key,
-                                    hangup_cause=f"recovered: {outcome.dial_status}")
-            report.released.append(key)
-        assert self.ami is not None
-        with contextlib.suppress(AmiError):
-            await self.ami.action("DBDel", Family=ASTDB_FAMILY, Key=key)
-
-    def _adopted(self, key: str) -> LiveCall | None:
-        call = self._live.get(key.rsplit("-", 1)[0])
-        return call if call is not None and call.adopted and call.key == key else None
-
-    async def _adopt(self, res: Any, key: str) -> bool:
-        """Follow again a bridged call whose flow died with an earlier server: its hold is
-        renewed (else Asterisk would cut it when the hold runs out, money left or not)
-        and its warnings planned. False when it is not bridged (ringing, or in a menu)."""
-        peer = await self._getvar(res.channel, "BRIDGEPEER")
-        if not peer or await self._getvar(peer, "IVR_CALL_KEY") != key:
-            return False
-        try:
-            answered_at = float(await self._getvar(peer, "IVR_ANSWERED_AT"))
-        except ValueError:
-            return False
-        # The answer time is Asterisk's wall clock; Asterisk runs on this host.
-        elapsed = max(0.0, time.time() - answered_at)
-        language = (await self._getvar(res.channel, "CHANNEL(language)") or "en")
-        call = LiveCall(key, key.rsplit("-", 1)[0], res.channel, res.id, res.seconds,
-                        language.split("_")[0].lower(), card_id=res.card_id,
-                        hold=self.reservation_hold, dest_channel=peer,
-                        answered_at=self.now() - elapsed, adopted=True)
-        self.track(call)
-        log.info("[%s] call %s adopted %.1fs after answer", call.uniqueid, key, elapsed)
-        await self.renew(call.uniqueid)
-        return True
-
-    async def _getvar(self, channel: str, variable: str) -> str:
-        """A channel variable's value, "" when unset or the channel is gone."""
-        assert self.ami is not None
-        try:
-            reply = await self.ami.action("Getvar", Channel=channel, Variable=variable)
-        except AmiError as exc:
-            if "no such channel" in str(exc).lower():
-                return ""
-            raise
-        return str(reply.get("Value") or "")
-
-    async def _astdb_get(self, key: str) -> str | None:
-        assert self.ami is not None
-        try:
-            # as_list left to panoramisk: a hit is an event list, a miss a plain Error
-            # (as_list=True would wait for a list that never comes).
-            reply = await self.ami.action("DBGet", Family=ASTDB_FAMILY, Key=key)
-        except AmiError as exc:
-            if "not found" in str(exc).lower():
-                return None
-            raise
-        for message in reply if isinstance(reply, list) else [reply]:
-            if message.get("Event") == "DBGetResponse":
-                return str(message.get("Val", ""))
-        return None
-
-    async def _channel_alive(self, channel: str | None, key: str) -> bool:
-        if not channel:
-            return False
-        uniqueid = await self._getvar(channel, "CHANNEL(uniqueid)")
-        return bool(uniqueid) and key.startswith(f"{uniqueid}-")
-
-    def start_recovery(self, interval: float) -> None:
-        async def loop() -> None:
-            while True:
-                try:
-                    await self.recover_once()
-                except Exception:
-                    log.exception("recovery sweep failed")
-                await asyncio.sleep(interval)
-
-        self._recovery = asyncio.ensure_future(loop())
-
     async def close(self) -> None:
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recovery
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         for call in self._live.values():

@@ -56,6 +56,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     from .ami import AmiClient
     from .calls import CallController
     from .flows import ROUTES
+    from .recovery import Recovery
 
     runtime.set_settings(settings)  # routes read the process settings from here
     ledger = await asyncio.to_thread(runtime.get_ledger)  # may migrate an SQLite file
@@ -77,7 +78,8 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     gc.collect()
     gc.freeze()
     # Calls that ended while no server was running are settled from Asterisk's records.
-    controller.start_recovery(settings.recovery_interval)
+    recovery = Recovery(controller)
+    recovery.start(settings.recovery_interval)
     reconciler = (asyncio.ensure_future(_reconcile_payments(settings))
                   if settings.payment_reconcile_interval > 0 else None)
     stop = asyncio.Event()
@@ -91,6 +93,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     await server.shutdown(settings.shutdown_grace)
     if reconciler is not None:
         reconciler.cancel()
+    await recovery.close()
     await controller.close()
     runtime.set_controller(None)
     ami_task.cancel()

@@ -1,4 +1,5 @@
-"""The call controller (ivr.calls): outcomes, warning times, and the recovery sweep.
+"""The call controller (ivr.calls) and recovery (ivr.recovery): outcomes, warning times,
+holds, and the recovery sweep.
 
 Recovery runs against a small fake AMI (AstDB and live channels in dictionaries) and the
 real ledger on a fresh SQLite database.
@@ -16,12 +17,13 @@ import pytest
 from sqlalchemy import select
 
 from ivr.ami import AmiActionError, AmiError
-from ivr.calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall, RecoveryReport
+from ivr.calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
 from ivr.db import Database
 from ivr.db.migrate import upgrade
 from ivr.db.models import Account, Cdr, Reservation, ReservationStatus
 from ivr.ledger import Grant, Ledger
 from ivr.rating import MAX_CALL_SECONDS
+from ivr.recovery import Recovery, RecoveryReport
 from ivr.testing.access import CardInHand, create_test_plan, new_card
 
 # --------------------------------------------------------------------------- outcomes
@@ -199,8 +201,8 @@ def ami() -> FakeAmi:
 
 
 @pytest.fixture
-def recovery(ami: FakeAmi, ledger: Ledger) -> CallController:
-    return CallController(ami, ledger)  # type: ignore[arg-type]
+def recovery(ami: FakeAmi, ledger: Ledger) -> Recovery:
+    return Recovery(CallController(ami, ledger))  # type: ignore[arg-type]
 
 
 def reserve(ledger: Ledger, card: CardInHand, key: str | None,
@@ -350,9 +352,9 @@ async def test_claimed_and_tracked_keys_are_skipped(db, ledger, card, ami, recov
     grants = [reserve(ledger, card, k, limit=20) for k in (claimed, tracked, orphan)]
     for k in (claimed, tracked, orphan):
         ami.astdb[(ASTDB_FAMILY, k)] = "ANSWER,1000"
-    recovery.claim(claimed)
-    recovery.track(LiveCall(tracked, "1700000000.8", "PJSIP/in-8", grants[1].reservation_id,
-                            grants[1].seconds))
+    recovery.controller.claim(claimed)
+    recovery.controller.track(LiveCall(tracked, "1700000000.8", "PJSIP/in-8",
+                                       grants[1].reservation_id, grants[1].seconds))
     report = await recovery.recover_once()
     assert report.settled == [orphan]
     assert [state(db, g)[0] for g in grants] == [ReservationStatus.ACTIVE,
@@ -360,8 +362,8 @@ async def test_claimed_and_tracked_keys_are_skipped(db, ledger, card, ami, recov
                                                  ReservationStatus.SETTLED]
     assert {h.get("Key") for _, h in ami.actions} == {orphan}
     # Once the flows are done with them, they are the sweep's.
-    recovery.done(claimed)
-    recovery.done(tracked)
+    recovery.controller.done(claimed)
+    recovery.controller.done(tracked)
     report = await recovery.recover_once()
     assert report.settled == [claimed, tracked]
 
@@ -402,10 +404,10 @@ async def test_no_sweep_without_ami(db, ledger, card, ami):
     key = "1700000000.12-1"
     grant = reserve(ledger, card, key)
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,2000"
-    report = await CallController(None, ledger).recover_once()
+    report = await Recovery(CallController(None, ledger)).recover_once()
     assert report.settled == []
     ami.connected = False
-    report = await CallController(ami, ledger).recover_once()  # type: ignore[arg-type]
+    report = await Recovery(CallController(ami, ledger)).recover_once()  # type: ignore[arg-type]
     assert report.settled == [] and ami.actions == []
     assert state(db, grant)[0] is ReservationStatus.ACTIVE
 
@@ -524,7 +526,7 @@ async def test_a_bridged_call_of_a_dead_server_is_adopted_renewed_then_settled(
     ami.variables["Local/callee-8;1"] = {"IVR_CALL_KEY": key,
                                          "IVR_ANSWERED_AT": f"{time.time() - 19.5:.3f}"}
     c = CallController(ami, ledger, reservation_hold=30)  # type: ignore[arg-type]
-    report = await c.recover_once()
+    report = await Recovery(c).recover_once()
     assert (report.adopted, report.live, report.settled) == ([key], [], [])
     call = c.live_call("1700000000.8")
     assert call is not None and call.adopted and call.language == "es"
@@ -533,12 +535,12 @@ async def test_a_bridged_call_of_a_dead_server_is_adopted_renewed_then_settled(
     assert dest[0] == "Local/callee-8;1" and 30 < float(dest[1]) <= 30.5
     assert caller == ("PJSIP/in-8", "61")
     # Still going: the next sweep leaves it be.
-    assert await c.recover_once() == RecoveryReport()
+    assert await Recovery(c).recover_once() == RecoveryReport()
     # It ends: the callee's hang-up handler records it, the caller's Hangup comes.
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,41000"
     c._on_hangup({"Uniqueid": "1700000000.8", "Channel": "PJSIP/in-8"})
     assert c.live_call("1700000000.8") is None
-    report = await c.recover_once()
+    report = await Recovery(c).recover_once()
     assert report.settled == [key]
     assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.59"), Decimal(0))
 
@@ -552,9 +554,9 @@ async def test_an_adopted_call_whose_hangup_was_missed_is_still_settled(db, ledg
     ami.variables["Local/callee-10;1"] = {"IVR_CALL_KEY": key,
                                           "IVR_ANSWERED_AT": f"{time.time():.3f}"}
     c = CallController(ami, ledger)  # type: ignore[arg-type]
-    assert (await c.recover_once()).adopted == [key]
+    assert (await Recovery(c).recover_once()).adopted == [key]
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,5000"  # ended; no Hangup event reached us
-    assert (await c.recover_once()).settled == [key]
+    assert (await Recovery(c).recover_once()).settled == [key]
     assert c.live_call("1700000000.10") is None
     assert state(db, grant) == (ReservationStatus.SETTLED, Decimal("0.95"), Decimal(0))
 
@@ -574,7 +576,7 @@ async def test_a_live_call_that_cannot_be_followed_is_left_alone(
     ami.variables["Local/other;1"] = {"IVR_CALL_KEY": "1700000000.99-1",
                                       "IVR_ANSWERED_AT": "1700000000.000"}
     c = CallController(ami, ledger)  # type: ignore[arg-type]
-    report = await c.recover_once()
+    report = await Recovery(c).recover_once()
     assert (report.adopted, report.live) == ([], [key])
     assert c.live_calls == 0
 
