@@ -60,8 +60,9 @@ class Recovery:
                     await self._recover(res, report)
                 except (AmiError, LedgerError) as exc:
                     log.warning("recovery of call %s postponed: %s", key, exc)
-        if report.settled or report.released:
-            log.info("recovery: settled %s, released %s", report.settled, report.released)
+        if report.settled or report.released or report.adopted:
+            log.info("recovery: settled %s, released %s, adopted %s", report.settled,
+                     report.released, report.adopted)
         return report
 
     async def _recover(self, res: Any, report: RecoveryReport) -> None:
