@@ -137,6 +137,11 @@ class AgiServer:
         except Exception:
             self.stats.failed += 1
             log.exception("[%s] route %s failed", env.uniqueid, env.route)
+            # Tell the dialplan (a dead database, a bug), so the caller hears "service
+            # unavailable" rather than silence.
+            if not session.hung_up:
+                with contextlib.suppress(AgiError, TimeoutError, OSError):
+                    await asyncio.wait_for(session.set_variable("IVR_ERROR", "FAILED"), 5)
         else:
             self.stats.completed += 1
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -152,3 +153,32 @@ async def test_guessing_across_cards_from_one_caller_id_is_refused(
     await caller.wait_prompt("enter-destination")
     await call.hangup()
     await call.wait_ended()
+
+
+async def test_a_dead_database_tells_the_caller_the_service_is_unavailable(
+    access_line: AccessLine, phone: Phone
+):
+    # The database file can no longer be opened: the route fails at log-in, and the
+    # dialplan, told by the server (IVR_ERROR=FAILED), plays "service unavailable".
+    path = Path(access_line.db.url.removeprefix("sqlite:///"))
+    away = path.with_name(path.name + ".away")
+
+    def break_it() -> None:
+        access_line.db.engine.dispose()
+        path.rename(away)
+        path.mkdir()
+
+    def mend_it() -> None:
+        path.rmdir()
+        away.rename(path)
+
+    break_it()
+    try:
+        call = await phone.call("ivr-access", callerid="15550009999")
+        await call.wait_ended(timeout=30)
+        await access_line.server.wait_idle()
+    finally:
+        mend_it()
+    assert ("Playback", "ss-noservice") in call.applications
+    assert access_line.server.stats.failed == 1
+    assert cdrs(access_line) == []  # the database is as it was

@@ -195,7 +195,9 @@ async def test_route_exception_is_contained(make_server):
         raise RuntimeError("bug")
 
     server = await make_server({"broken": broken, "hello": hello})
-    await FakeAsterisk("127.0.0.1", server.port).run_call("broken")
+    failed = await FakeAsterisk("127.0.0.1", server.port).run_call("broken")
+    # The dialplan is told, so the caller hears "service unavailable", not silence.
+    assert failed == ["ANSWER", 'SET VARIABLE "IVR_ERROR" "FAILED"']
     commands = await FakeAsterisk("127.0.0.1", server.port).run_call("hello")
     await server.wait_idle()
     assert server.stats.failed == 1 and server.stats.completed == 1
