@@ -306,11 +306,11 @@ def _set_callerid(s: Session, card: Card, args: argparse.Namespace, region: str)
 
 
 def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
-    from .secrets import load_secret_key
+    from .runtime import get_secret_key
     from .vouchers import find, generate, void
 
     db = open_db(settings)
-    key = load_secret_key(settings.secret_key, settings.data_dir / "secret.key")
+    key = get_secret_key(settings)
     if args.action == "generate":
         currency = args.currency or _only_currency(db)
         vouchers = generate(db, args.count, args.value, currency, Path(args.out),

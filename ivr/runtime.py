@@ -15,6 +15,7 @@ SQLite (PostgreSQL wants ``ivr db upgrade``, as for the operator commands).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Settings, load_settings
@@ -31,6 +32,7 @@ _database: Database | None = None
 _ledger: Ledger | None = None
 _controller: CallController | None = None
 _gateway: tuple[object, PaymentGateway] | None = None  # (settings, gateway)
+_secret_key: tuple[tuple[str, Path], bytes] | None = None  # ((configured, file), key)
 
 
 def get_settings() -> Settings:
@@ -52,12 +54,18 @@ def set_settings(settings: Settings | None) -> None:
             _database = None
 
 
-def get_secret_key() -> bytes:
-    """The key of the recharge codes' keyed hashes (ivr.secrets.load_secret_key)."""
+def get_secret_key(settings: Settings | None = None) -> bytes:
+    """The key of the recharge codes' keyed hashes (ivr.secrets.load_secret_key) for
+    ``settings`` (default: the process's), read once."""
     from .secrets import load_secret_key
 
-    settings = get_settings()
-    return load_secret_key(settings.secret_key, settings.data_dir / "secret.key")
+    global _secret_key
+    settings = settings or get_settings()
+    source = (settings.secret_key, settings.data_dir / "secret.key")
+    with _lock:
+        if _secret_key is None or _secret_key[0] != source:
+            _secret_key = (source, load_secret_key(*source))
+        return _secret_key[1]
 
 
 def get_database() -> Database:
