@@ -169,15 +169,26 @@ def set_card_status(session: Session, number: str, status: CardStatus) -> Card:
     return card
 
 
+def lock_card(session: Session, card_id: int) -> Card:
+    """Load a card for update (row lock on PostgreSQL; SQLite holds the write lock), as
+    committed by any transaction that held the lock before."""
+    card = session.get(Card, card_id, with_for_update=True, populate_existing=True)
+    if card is None:
+        raise NotFound(f"no card {card_id}")
+    return card
+
+
 def check_pin(session: Session, card: Card, pin: str, max_failures: int = 5) -> bool:
-    """Verify a PIN; consecutive failures lock the card, a success resets the count."""
+    """Verify a PIN; consecutive failures lock the card, a success resets the count.
+    The hash is checked before the card is locked for the count."""
     ok = verify_pin(pin, card.pin_hash)
-    count_pin_result(card, ok, max_failures)
+    count_pin_result(lock_card(session, card.id), ok, max_failures)
     return ok
 
 
 def count_pin_result(card: Card, ok: bool, max_failures: int = 5) -> None:
-    """A right PIN resets the card's count; a wrong one adds to it and may lock it."""
+    """A right PIN resets the card's count; a wrong one adds to it and may lock it.
+    ``card`` must be locked (:func:`lock_card`), or concurrent counts lose updates."""
     if ok:
         card.failed_pins = 0
         return

@@ -114,8 +114,11 @@ class AmiClient:
 
     @classmethod
     def from_settings(cls, settings: Any, **kwargs: Any) -> AmiClient:
+        """The server's AMI user (its secret: ivr.secrets.ami_secret)."""
+        from .secrets import ami_secret
+
         return cls(
-            settings.ami_host, settings.ami_port, settings.ami_user, settings.ami_secret, **kwargs
+            settings.ami_host, settings.ami_port, settings.ami_user, ami_secret(settings), **kwargs
         )
 
     # ------------------------------------------------------------------ connection

@@ -20,7 +20,7 @@ async def recharge(call: LiveCall) -> bool:
     db = await asyncio.to_thread(runtime.get_database)
     if call.card_id is None:
         return False
-    holder = await asyncio.to_thread(login.holder, db, call.card_id)
+    holder = await db.run(login.holder, db, call.card_id)
     result = await payments.maybe_auto_recharge(
         db, runtime.get_gateway(), holder.account_id, call_key=call.key)
     if result is None:

@@ -26,8 +26,10 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from .ami import AmiClient, AmiError
@@ -162,6 +164,17 @@ class CallController:
     def live_calls(self) -> int:
         return len(self._live)
 
+    def seen_alive(self) -> list[tuple[int, datetime]]:
+        """The answered calls followed now, while AMI is connected (so Asterisk is up):
+        (reservation id, answer time). The server's heartbeat records them as seen alive
+        now, the time up to which such a call is billed if Asterisk loses it
+        (ivr.servers, ivr.recovery)."""
+        if self.ami is None or not self.ami.connected:
+            return []
+        now, wall = self.now(), time.time()
+        return [(call.reservation_id, datetime.fromtimestamp(wall - (now - call.answered_at), UTC))
+                for call in self._live.values() if call.answered_at is not None]
+
     # ------------------------------------------------------------------ AMI events
 
     def _on_dial_begin(self, event: Any) -> None:
@@ -283,7 +296,7 @@ class CallController:
         """At the moment this call takes the balance below the account's auto-recharge
         threshold, charge the linked payment method once and extend the call."""
         try:
-            due = await asyncio.to_thread(self.ledger.seconds_until_below, call.reservation_id)
+            due = await self.ledger.db.run(self.ledger.seconds_until_below, call.reservation_id)
         except Exception:
             log.exception("[%s] auto-recharge not planned", call.uniqueid)
             return
@@ -349,7 +362,7 @@ class CallController:
         if call is None:
             raise LookupError(f"no live call {uniqueid}")
         try:
-            grant = await asyncio.to_thread(self.ledger.extend, call.reservation_id,
+            grant = await self.ledger.db.run(self.ledger.extend, call.reservation_id,
                                             hold=self.next_hold(call))
         except Exception:
             log.exception("[%s] hold of call %s not renewed", uniqueid, call.key)

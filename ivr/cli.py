@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -36,16 +37,21 @@ SERVER_AMI_EVENTS = "call"
 async def _reconcile_payments(settings: Settings) -> None:
     """Settle card payments left pending or timed out with the gateway (ivr.payments)."""
     from . import payments, runtime
+    from .servers import DatabaseOutage
 
     after = timedelta(seconds=settings.payment_reconcile_after)
+    outage = DatabaseOutage("payment reconciliation", log)  # one line, not a traceback a try
     while True:
         await asyncio.sleep(settings.payment_reconcile_interval)
         try:
             db = await asyncio.to_thread(runtime.get_database)
             await payments.reconcile(db, runtime.get_gateway(), older_than=after)
-        except Exception:
-            log.exception("payment reconciliation failed; next try in %gs",
-                          settings.payment_reconcile_interval)
+        except Exception as exc:
+            if not outage.failed(exc):
+                log.exception("payment reconciliation failed; next try in %gs",
+                              settings.payment_reconcile_interval)
+        else:
+            outage.ended()
 
 
 async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None) -> int:
@@ -57,9 +63,22 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     from .calls import CallController
     from .flows import ROUTES
     from .recovery import Recovery
+    from .servers import Lease, LeaseRefused, keep_lease
 
     runtime.set_settings(settings)  # routes read the process settings from here
     ledger = await asyncio.to_thread(runtime.get_ledger)  # may migrate an SQLite file
+    # One server per database: a second one would take this one's live calls for a dead
+    # server's (ivr.servers).
+    try:
+        lease = await asyncio.to_thread(Lease.acquire, ledger.db, settings.server_heartbeat)
+    except LeaseRefused as exc:
+        print(f"ivr serve: {exc}", file=sys.stderr, flush=True)
+        return 1
+    ledger.server_id = lease.server_id
+    # Rate tables compiled before the first call, not by it (a big deck takes seconds).
+    started = time.monotonic()
+    plans = await asyncio.to_thread(ledger.rates.load_all)
+    log.info("rates of %d plan(s) loaded in %.1fs", plans, time.monotonic() - started)
     ami = AmiClient.from_settings(settings, events=SERVER_AMI_EVENTS)
     controller = CallController.from_settings(ami, ledger, settings,
                                               auto_recharge=autorecharge.recharge)
@@ -71,6 +90,8 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
         settings.agi_port,
         header_timeout=settings.agi_header_timeout,
         command_timeout=settings.agi_command_timeout,
+        max_connections=settings.agi_max_connections,
+        allowed_hosts=settings.agi_allowed_hosts,
     )
     await server.start()
     # Start-up objects (modules, catalogue, rate tables) never die: keep them out of the
@@ -78,7 +99,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     gc.collect()
     gc.freeze()
     # Calls that ended while no server was running are settled from Asterisk's records.
-    recovery = Recovery(controller)
+    recovery = Recovery(controller, lease)
     recovery.start(settings.recovery_interval)
     reconciler = (asyncio.ensure_future(_reconcile_payments(settings))
                   if settings.payment_reconcile_interval > 0 else None)
@@ -86,6 +107,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
     if on_started:
         on_started()
     await stop.wait()
@@ -98,6 +120,11 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     runtime.set_controller(None)
     ami_task.cancel()
     await ami.close()
+    heartbeat.cancel()
+    try:
+        await asyncio.to_thread(lease.release)  # the next server need not wait for expiry
+    except Exception as exc:
+        log.warning("lease not released (it expires by itself): %s", exc)
     return 0
 
 
@@ -115,19 +142,28 @@ async def _keep_ami_connected(ami: object) -> None:
             await asyncio.sleep(5)
 
 
+def _with_ami_secret(settings: Settings) -> Settings:
+    """The settings with the AMI secret resolved (ivr.secrets.ami_secret: made on first
+    use, the published default refused), so Asterisk and the server use the same one."""
+    from .secrets import ami_secret
+
+    return settings.replace(ami_secret=ami_secret(settings))
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     changes: dict[str, object] = {}
     if args.host:
         changes["agi_host"] = args.host
     if args.port is not None:
         changes["agi_port"] = args.port
-    return asyncio.run(serve(settings.replace(**changes)))
+    return asyncio.run(serve(_with_ami_secret(settings).replace(**changes)))
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """Bring up Asterisk, then serve; stop Asterisk on exit unless --keep-asterisk."""
     from .asterisk import instance_for
 
+    settings = _with_ami_secret(settings)
     instance = instance_for(settings)
     was_running = instance.running()
     instance.start()
@@ -189,6 +225,10 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     shown = {k: str(v) for k, v in vars(settings).items()}
     for secret in ("ami_secret", "payment_sandbox_secret", "sms_http_token", "secret_key"):
         shown[secret] = "***" if getattr(settings, secret) else ""
+    if not settings.ami_secret:
+        from .secrets import AMI_SECRET_FILE
+
+        shown["ami_secret"] = f"(random, in {settings.data_dir / AMI_SECRET_FILE})"
     shown["effective_database_url"] = settings.effective_database_url
     print(json.dumps(shown, indent=2))
     return 0
@@ -254,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .cli_admin import run_admin
 
         return run_admin(args.func, settings, args)
-    return int(args.func(settings, args) or 0)
+    try:
+        return int(args.func(settings, args) or 0)
+    except ConfigError as exc:  # e.g. a refused ami_secret, found when it is first needed
+        print(f"ivr: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import re
 import sys
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from .config import Settings
 from .db import Database, DatabaseUnavailable, MoneyPrecisionError
 from .db.migrate import SchemaOutOfDate, current_revision, ensure_schema, upgrade
 from .db.models import Card, CardStatus, EntryKind, Rate, RatingPlan
-from .db.types import display
+from .db.types import MONEY_SCALE, display
 
 EXIT_USAGE = 2
 EXIT_REFUSED = 1
@@ -27,14 +29,51 @@ class CommandError(Exception):
     """A refused command: printed as one clear line, exit status 1."""
 
 
-def _money(text: str) -> Decimal:
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not an amount: {text!r}") from None
-    if not value.is_finite():
-        raise argparse.ArgumentTypeError(f"not an amount: {text!r}")
+# Every amount typed on the command line goes through parse_amount: plain ASCII decimals
+# (no exponent, no digits of other scripts, which Python's Decimal would take), below a
+# trillion, at most the 6 decimals the database keeps; commands then hold an amount to
+# its plan's decimals (check_decimals).
+_AMOUNT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+MAX_AMOUNT = Decimal(10) ** 12
+_WHOLE = re.compile(r"[0-9]{1,9}")
+
+
+def parse_amount(text: str, what: str = "amount") -> Decimal:
+    """An amount typed by the operator, exactly; CommandError (one line) if it is not
+    a plain decimal like 12.50, is out of range or has more than 6 decimals."""
+    if not _AMOUNT.fullmatch(text.strip()):
+        raise CommandError(f"{what}: not an amount: {text!r} (digits with an optional "
+                           "decimal point, like 12.50)")
+    value = Decimal(text.strip())
+    if abs(value) >= MAX_AMOUNT:
+        raise CommandError(f"{what}: {text} is out of range (below {MAX_AMOUNT:,})")
+    if value != value.quantize(Decimal(1).scaleb(-MONEY_SCALE)):
+        raise CommandError(f"{what}: {text} has more than {MONEY_SCALE} decimals")
     return value
+
+
+def check_decimals(amount: Decimal, decimals: int, whose: str, what: str = "amount") -> None:
+    """Refuse an amount finer than its plan's (currency's) smallest unit."""
+    if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
+        raise CommandError(f"{what}: {amount} has more decimals than {whose} allows "
+                           f"({decimals})")
+
+
+def _money(text: str) -> Decimal:
+    """parse_amount as an argparse type (for commands outside run_admin's handling)."""
+    try:
+        return parse_amount(text)
+    except CommandError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _whole(text: str) -> int:
+    """A count or a number of seconds: ASCII digits only (int() takes other scripts'
+    digits and underscores), at most 9 of them."""
+    if not _WHOLE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r} (ASCII digits, "
+                                         "at most 999999999)")
+    return int(text)
 
 
 def _when(text: str) -> datetime:
@@ -91,8 +130,10 @@ def cmd_plans(settings: Settings, args: argparse.Namespace) -> int:
     db = open_db(settings)
     with db.transaction() as s:
         if args.action == "create":
+            max_cost = (None if args.max_cost is None
+                        else parse_amount(args.max_cost, "--max-cost"))
             plan = create_plan(s, args.name, args.currency, args.tz, args.decimals,
-                               args.rounding, args.max_cost)
+                               args.rounding, max_cost)
             _emit(args, _plan_dict(plan), f"plan {plan.name} created ({plan.currency})")
             return 0
         plans = s.scalars(select(RatingPlan).order_by(RatingPlan.name)).all()
@@ -121,19 +162,25 @@ def cmd_rates(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _rates_import(settings: Settings, args: argparse.Namespace) -> int:
-    from .rates_store import create_plan, import_rows
-    from .rating import load_deck
+    from .rates_store import import_deck
 
     if args.format == "astpp" and not args.plan:
         raise CommandError("--format astpp needs --plan (the deck names no plan)")
-    rows = load_deck(args.deck, format=args.format, plan=args.plan)  # DeckError: nothing written
-    db = open_db(settings)
-    with db.transaction() as s:
-        if args.currency:
-            for name in sorted({r.plan for r in rows}):
-                if s.scalar(select(RatingPlan.id).where(RatingPlan.name == name)) is None:
-                    create_plan(s, name, args.currency, args.tz)
-        result = import_rows(s, rows)
+    try:
+        deck = open(args.deck, encoding="utf-8-sig", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.deck}: {exc.strerror or exc}") from None
+    with deck:
+        db = open_db(settings)
+        try:  # streamed: DeckError (every bad line) and nothing written, or all of it
+            result = import_deck(db, deck, args.format, args.plan, currency=args.currency,
+                                 tz=args.tz)
+        except UnicodeDecodeError as exc:
+            raise CommandError(f"{args.deck} is not UTF-8 text ({exc.reason}); nothing "
+                               "was imported") from None
+        except (csv.Error, OSError) as exc:
+            raise CommandError(f"cannot read {args.deck}: {exc}; nothing was imported"
+                               ) from None
     text = "\n".join(f"plan {p}: {n} rates imported (version {result.versions[p]})"
                      for p, n in result.plans.items())
     _emit(args, {"plans": result.plans, "versions": result.versions}, text)
@@ -169,15 +216,16 @@ def _rates_quote(settings: Settings, args: argparse.Namespace) -> int:
 def _rates_max(settings: Settings, args: argparse.Namespace) -> int:
     from .rating import max_seconds, quote
 
+    balance = parse_amount(args.balance, "--balance")
     plan, table = _table_for(settings, args.plan)
     at = args.at or datetime.now(UTC)
-    seconds = max_seconds(table, plan, args.number, args.balance, at, args.service)
+    seconds = max_seconds(table, plan, args.number, balance, at, args.service)
     q = quote(table, plan, args.number, max(seconds, 1), at, args.service)
-    data = {"plan": plan.name, "number": args.number, "balance": str(args.balance),
+    data = {"plan": plan.name, "number": args.number, "balance": str(balance),
             "max_seconds": seconds, "prefix": q.prefix, "destination": q.destination,
             "currency": plan.currency, "at": at.isoformat()}
     text = (f"{seconds}s ({seconds // 60} min {seconds % 60} s) to {args.number} "
-            f"({q.destination}) for {args.balance} {plan.currency}")
+            f"({q.destination}) for {balance} {plan.currency}")
     if seconds == 0:
         text += ": refused, the balance does not cover the connect fee or first block"
     _emit(args, data, text)
@@ -190,20 +238,28 @@ def _rates_max(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
     from .accounts import create_account, find_account, history
     from .ledger import credit
+    from .rates_store import get_plan
 
+    if args.action in ("create", "credit"):
+        amount = parse_amount(args.balance if args.action == "create" else args.amount,
+                              "--balance" if args.action == "create" else "amount")
     db = open_db(settings)
     with db.transaction() as s:
         if args.action == "create":
+            plan = get_plan(s, args.plan)
+            check_decimals(amount, plan.decimals, f"plan {plan.name!r}", "--balance")
             account = create_account(s, args.plan, number=args.number, name=args.name,
-                                     balance=args.balance)
+                                     balance=amount)
         else:
             account = find_account(s, args.account)
         if args.action == "credit":
-            entry, new = credit(s, account.id, args.amount, EntryKind(args.kind),
+            check_decimals(amount, account.plan.decimals, f"the account's plan "
+                           f"({account.plan.name}, {account.currency})")
+            entry, new = credit(s, account.id, amount, EntryKind(args.kind),
                                 ref=args.ref, note=args.note)
             data = _account_dict(account) | {"entry": entry.id, "applied": new}
             if new:
-                text = (f"account {account.number} credited {display(args.amount)} "
+                text = (f"account {account.number} credited {display(amount)} "
                         f"{account.currency}; balance {display(account.balance)}")
             else:
                 text = (f"account {account.number}: --ref {args.ref} was already applied; "
@@ -249,7 +305,13 @@ def cmd_cards(settings: Settings, args: argparse.Namespace) -> int:
 
     db = open_db(settings)
     if args.action == "issue":
-        cards = issue_cards(db, args.plan, args.count, args.balance, Path(args.out),
+        from .rates_store import get_plan
+
+        balance = parse_amount(args.balance, "--balance")
+        with db.transaction() as s:
+            plan = get_plan(s, args.plan)
+            check_decimals(balance, plan.decimals, f"plan {plan.name!r}", "--balance")
+        cards = issue_cards(db, args.plan, args.count, balance, Path(args.out),
                             account=args.account, pin_length=args.pin_length,
                             expires_on=args.expires, batch=args.batch)
         _emit(args, {"issued": len(cards), "out": args.out},
@@ -312,15 +374,21 @@ def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
     db = open_db(settings)
     key = get_secret_key(settings)
     if args.action == "generate":
+        value = parse_amount(args.value, "--value")
         currency = args.currency or _only_currency(db)
-        vouchers = generate(db, args.count, args.value, currency, Path(args.out),
+        with db.transaction() as s:
+            decimals = s.scalar(select(func.max(RatingPlan.decimals))
+                                .where(RatingPlan.currency == currency.upper()))
+        if decimals is not None:
+            check_decimals(value, decimals, f"the {currency.upper()} plans", "--value")
+        vouchers = generate(db, args.count, value, currency, Path(args.out),
                             length=args.length, expires_on=args.expires, batch=args.batch,
                             key=key)
         batch, currency = vouchers[0].batch, vouchers[0].currency
         _emit(args, {"generated": len(vouchers), "out": args.out, "batch": batch,
-                     "value": display(args.value), "currency": currency,
+                     "value": display(value), "currency": currency,
                      "expires_on": args.expires},
-              f"{len(vouchers)} voucher(s) of {display(args.value)} {currency} "
+              f"{len(vouchers)} voucher(s) of {display(value)} {currency} "
               f"(batch {batch}) written to {args.out} (the only copy of their codes)")
         return 0
     info = (find(db, args.code, key=key) if args.action == "show"
@@ -367,9 +435,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     p.add_argument("--currency", required=True)
     p.add_argument("--tz", default="UTC", help="time zone of the plan's time windows")
-    p.add_argument("--decimals", type=int, default=4, help="a call's total is rounded to this")
+    p.add_argument("--decimals", type=_whole, default=4,
+                   help="a call's total is rounded to this")
     p.add_argument("--rounding", choices=["up", "half-up", "down"], default="up")
-    p.add_argument("--max-cost", type=_money, help="cap on the cost of one call")
+    p.add_argument("--max-cost", help="cap on the cost of one call")
     p.set_defaults(func=cmd_plans)
     p = with_json(plans.add_parser("list", help="list plans"))
     p.set_defaults(func=cmd_plans)
@@ -389,9 +458,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--plan", required=True)
         p.add_argument("--number", required=True)
         if name == "quote":
-            p.add_argument("--seconds", type=int, required=True)
+            p.add_argument("--seconds", type=_whole, required=True)
         else:
-            p.add_argument("--balance", type=_money, required=True)
+            p.add_argument("--balance", required=True)
         p.add_argument("--at", type=_when, help="ISO 8601 time of the call (default now)")
         p.add_argument("--service", default="voice")
         p.set_defaults(func=cmd_rates)
@@ -400,7 +469,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         dest="action", required=True)
     p = with_json(accounts.add_parser("create", help="create an account"))
     p.add_argument("--plan", required=True)
-    p.add_argument("--balance", type=_money, default=Decimal(0))
+    p.add_argument("--balance", default="0")
     p.add_argument("--name", default="")
     p.add_argument("--number", help="account number (default: generated)")
     p.set_defaults(func=cmd_accounts)
@@ -408,11 +477,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p = with_json(accounts.add_parser(name))
         p.add_argument("account")
         if name == "history":
-            p.add_argument("--limit", type=int, default=50)
+            p.add_argument("--limit", type=_whole, default=50)
         p.set_defaults(func=cmd_accounts)
     p = with_json(accounts.add_parser("credit", help="top up (or adjust) an account"))
     p.add_argument("account")
-    p.add_argument("amount", type=_money)
+    p.add_argument("amount", help="e.g. 12.50 (a negative --kind adjustment takes money off)")
     p.add_argument("--kind", choices=["topup", "adjustment", "refund", "voucher"],
                    default="topup")
     p.add_argument("--ref", help="idempotency key: the same ref is applied once")
@@ -423,12 +492,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                                          required=True)
     p = with_json(cards.add_parser("issue", help="issue a batch of cards"))
     p.add_argument("--plan", required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--balance", type=_money, default=Decimal(0))
+    p.add_argument("--count", type=_whole, required=True)
+    p.add_argument("--balance", default="0")
     p.add_argument("--out", required=True, help="CSV with numbers and PINs (mode 0600)")
     p.add_argument("--account", help="add the cards to this existing (shared) account")
     p.add_argument("--expires", type=_day, help="expiry date YYYY-MM-DD")
-    p.add_argument("--pin-length", type=int, default=4)
+    p.add_argument("--pin-length", type=_whole, default=4)
     p.add_argument("--batch", help="batch label (default: generated)")
     p.set_defaults(func=cmd_cards)
     for name in ("show", "lock", "unlock"):
@@ -446,13 +515,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     vouchers = sub.add_parser("vouchers", help="recharge codes").add_subparsers(
         dest="action", required=True)
     p = with_json(vouchers.add_parser("generate", help="generate a batch of recharge codes"))
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--value", type=_money, required=True)
+    p.add_argument("--count", type=_whole, required=True)
+    p.add_argument("--value", required=True)
     p.add_argument("--currency", help="default: the plans' currency, if they share one")
     p.add_argument("--out", required=True, help="CSV with the codes (mode 0600)")
     p.add_argument("--expires", type=_day, help="last day of use YYYY-MM-DD")
     p.add_argument("--batch", help="batch label (default: generated)")
-    p.add_argument("--length", type=int, default=14, help="digits, check digit included")
+    p.add_argument("--length", type=_whole, default=14, help="digits, check digit included")
     p.set_defaults(func=cmd_vouchers)
     for name, helptext in (("show", "a voucher's state"),
                            ("void", "cancel an unused voucher")):

@@ -9,6 +9,7 @@ variable is the key in upper case: ``IVR_AGI_PORT=4600``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -40,20 +41,30 @@ class Settings:
     data_dir: Path = field(default_factory=default_data_dir)
     # SQLAlchemy URL; empty means an SQLite file in data_dir.
     database_url: str = ""
+    # Seconds a call waits for the database at each step (a locked SQLite file, a stopped
+    # or overloaded PostgreSQL) before the caller hears "service unavailable".
+    db_timeout: float = 5.0
 
     # FastAGI server.
     agi_host: str = "127.0.0.1"
     agi_port: int = 4573
     agi_header_timeout: float = 5.0  # seconds to receive the agi_* block
-    agi_command_timeout: float = 3600.0  # a GET DATA may legitimately wait long
+    agi_command_timeout: float = 3600.0  # the most any one AGI reply may take (Dial: a call)
+    # Open FastAGI connections at most (a live call holds one for its whole length, a
+    # top-up menu another); beyond it a connection is closed at once. 200: twice the live
+    # calls the call-setup bench runs on 2 cores; a flood at the limit costs ~20 MB.
+    agi_max_connections: int = 200
+    # Who may connect (Asterisk): addresses or networks, comma-separated; others are
+    # closed before anything is read.
+    agi_allowed_hosts: str = "127.0.0.0/8,::1"
     shutdown_grace: float = 30.0  # seconds running calls get on SIGTERM
 
-    # Asterisk Manager Interface. Loopback only; the secret is a sandbox default that an
-    # operator must override (IVR_AMI_SECRET) on any shared machine.
+    # Asterisk Manager Interface. Loopback only. The secret of the server's AMI user:
+    # empty means a random one kept in data_dir/ami.secret (0600), made on first use.
     ami_host: str = "127.0.0.1"
     ami_port: int = 5038
     ami_user: str = "ivr"
-    ami_secret: str = "ivr-sandbox-secret"
+    ami_secret: str = ""
 
     # Which Asterisk `ivr asterisk up` runs: auto (system if installed, else sandbox),
     # system, or sandbox (Debian sid's Asterisk in a debootstrap root).
@@ -90,6 +101,9 @@ class Settings:
     reservation_hold: int = 300
     # Settle calls that ended while the server was down, every this many seconds.
     recovery_interval: float = 5.0
+    # One ivr serve per database: the running server renews its lease every this many
+    # seconds; a lease not renewed for 5 heartbeats has expired (ivr.servers).
+    server_heartbeat: float = 1.0
 
     # Mid-call top-up by payment card (ivr.payments).
     # The gateway: "sandbox" (test card numbers only, nothing is charged), or
@@ -156,9 +170,18 @@ def _coerce(name: str, raw: object) -> object:
         if kind is int:
             if isinstance(raw, bool):
                 raise TypeError("boolean given")
-            return int(str(raw))
+            value = int(str(raw))
+            if name == "agi_max_connections" and value < 1:
+                raise ValueError("must be at least 1")
+            return value
         if kind is float:
             return float(str(raw))
+        if name == "agi_allowed_hosts":  # CIDRs, checked here for a one-line error
+            for part in str(raw).split(","):
+                if part.strip():
+                    ipaddress.ip_network(part.strip(), strict=False)
+            if not str(raw).strip(" ,"):
+                raise ValueError("no address given")
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name!r}: cannot use {raw!r} ({exc})") from None

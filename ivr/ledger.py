@@ -14,11 +14,13 @@ call flows run them in a worker thread.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,16 +34,19 @@ from .db.models import (
     Cdr,
     EntryKind,
     LedgerEntry,
+    RatingPlan,
     Reservation,
     ReservationStatus,
 )
 from .db.types import to_micros
-from .rates_store import RatingCache
-from .rating import MAX_CALL_SECONDS, NoRate, max_seconds, quote
+from .rates_store import RatesNotLoaded, RatingCache
+from .rating import MAX_CALL_SECONDS, NoRate, Plan, RateTable, max_seconds, quote
+from .rating.snapshot import dump_snapshot, load_snapshot, snapshot_rows
 
 log = logging.getLogger("ivr.ledger")
 
 Clock = Callable[[], datetime]
+M = TypeVar("M", bound=Callable[..., Any])
 
 
 def utcnow() -> datetime:
@@ -142,14 +147,36 @@ def ledger_sum(session: Session, account_id: int) -> Decimal:
     return sum(amounts, Decimal(0))
 
 
+def _compiling_outside(method: M) -> M:
+    """Run a ledger step so that a rate table is never compiled inside its transaction:
+    if the step needs a plan's table that was never loaded, its transaction is rolled
+    back (nothing was written yet), the table is compiled outside it, and the step runs
+    again."""
+
+    @functools.wraps(method)
+    def run(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(3):
+            try:
+                return method(self, *args, **kwargs)
+            except RatesNotLoaded as exc:
+                self.rates.load(exc.plan_id)
+        return method(self, *args, **kwargs)
+
+    return cast(M, run)
+
+
 class Ledger:
     def __init__(self, db: Database, rates: RatingCache | None = None, clock: Clock = utcnow):
         self.db = db
         self.rates = rates or RatingCache(db)
         self.clock = clock
+        # The server (ivr.servers) whose reservations these are: recovery on another
+        # server leaves them alone while this one's lease lives.
+        self.server_id: int | None = None
 
     # ------------------------------------------------------------------ authorize
 
+    @_compiling_outside
     def authorize(
         self,
         number: str,
@@ -168,7 +195,11 @@ class Ledger:
         holding a slice that is renewed during the call (seed 002).
 
         ``call_key`` names the live call (unique): it is the settlement's idempotency key
-        and lets a restarted server find how the call ended (ivr.calls)."""
+        and lets a restarted server find how the call ended (ivr.calls).
+
+        The reservation keeps the rates it was priced with (the plan's version and a
+        snapshot of the rows that can rate ``number``): extend and settle price the call
+        with them, whatever deck is imported meanwhile."""
         at = at or self.clock()
         with self.db.transaction() as s:
             if card_id is not None:
@@ -195,6 +226,8 @@ class Ledger:
                 return Refusal.INSUFFICIENT_FUNDS
             seconds = _held(affordable, hold)
             q = quote(rates.table, rates.plan, number, seconds, at, service)
+            snapshot = dump_snapshot(
+                rates.plan, snapshot_rows(rates.table, rates.plan, number, service))
             reservation = Reservation(
                 account_id=account.id,
                 card_id=card_id,
@@ -207,8 +240,11 @@ class Ledger:
                 amount=q.cost,
                 status=ReservationStatus.ACTIVE,
                 rated_at=at,
+                rates_version=rates.version,
+                rate_snapshot=snapshot,
                 call_key=call_key,
                 channel=channel,
+                server_id=self.server_id,
                 created_at=self.clock(),
             )
             s.add(reservation)
@@ -223,26 +259,28 @@ class Ledger:
 
     # ------------------------------------------------------------------ extend
 
+    @_compiling_outside
     def extend(
         self, reservation_id: int, *, limit: int = MAX_CALL_SECONDS, hold: int | None = None
     ) -> Grant:
         """Re-grant a live call from the account's balance now (after a top-up, or to
         renew a capped hold): the call may then last as long as the balance less the
-        other calls' holds buys, or ``hold`` seconds from answer when that is less."""
+        other calls' holds buys, or ``hold`` seconds from answer when that is less.
+        Priced with the rates the call was authorized with."""
         with self.db.transaction() as s:
             res, account = self._lock_reservation(s, reservation_id)
             if res.status is not ReservationStatus.ACTIVE:
                 raise LedgerError(f"reservation {reservation_id} is {res.status.value}")
-            rates = self.rates.get(res.plan_id, s)
+            table, plan = self._rates_of(s, res)
             budget = account.balance - account.reserved + res.amount
             rated_at = _aware(res.rated_at)
             affordable = max(0, max_seconds(
-                rates.table, rates.plan, res.number, budget, rated_at, res.service, limit=limit
+                table, plan, res.number, budget, rated_at, res.service, limit=limit
             ))
             # A renewal never takes back time already granted.
             seconds = _held(affordable, None if hold is None else max(hold, res.seconds))
             amount = (
-                quote(rates.table, rates.plan, res.number, seconds, rated_at, res.service).cost
+                quote(table, plan, res.number, seconds, rated_at, res.service).cost
                 if seconds
                 else Decimal(0)
             )
@@ -253,6 +291,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ settle
 
+    @_compiling_outside
     def settle(
         self,
         reservation_id: int,
@@ -268,7 +307,9 @@ class Ledger:
         """Charge a finished call exactly once per Asterisk ``uniqueid``.
 
         Billable seconds beyond the grant are not charged: Asterisk enforces the grant, so
-        more can only be clock skew, and charging it could overdraw the account.
+        more can only be clock skew, and charging it could overdraw the account. The call
+        is priced with the rates it was authorized with (a deck imported during the call
+        does not re-price it).
         """
         if billable_seconds < 0:
             raise LedgerError("billable seconds cannot be negative")
@@ -283,9 +324,8 @@ class Ledger:
             rated_at = _aware(answered_at or res.rated_at)
             cost = Decimal(0)
             if seconds > 0:
-                rates = self.rates.get(res.plan_id, s)
-                cost = quote(rates.table, rates.plan, res.number, seconds, rated_at,
-                             res.service).cost
+                table, plan = self._rates_of(s, res)
+                cost = quote(table, plan, res.number, seconds, rated_at, res.service).cost
             # The hold covers the grant at the authorize time; if the answer fell in a
             # dearer window, the rest comes from free balance, never below zero.
             ceiling = account.balance - (account.reserved - res.amount)
@@ -342,6 +382,7 @@ class Ledger:
 
     # ------------------------------------------------------------------ auto-recharge
 
+    @_compiling_outside
     def seconds_until_below(self, reservation_id: int) -> int | None:
         """Seconds after answer at which this call takes the account's balance below its
         auto-recharge threshold (0: already below); None when the account has none."""
@@ -358,9 +399,9 @@ class Ledger:
             spendable = account.balance - (account.reserved - res.amount) - threshold
             if spendable <= 0:
                 return 0
-            rates = self.rates.get(res.plan_id, s)
+            table, plan = self._rates_of(s, res)
             try:
-                return max_seconds(rates.table, rates.plan, res.number, spendable,
+                return max_seconds(table, plan, res.number, spendable,
                                    _aware(res.rated_at), res.service)
             except NoRate:
                 return None
@@ -393,6 +434,15 @@ class Ledger:
         ).scalar_one()
         return res, account
 
+    def _rates_of(self, s: Session, res: Reservation) -> tuple[RateTable, Plan]:
+        """The rates a call was authorized with: its snapshot, or (a reservation made
+        before snapshots were kept) the plan's current table."""
+        if res.rate_snapshot is not None:
+            plan, table = load_snapshot(res.rate_snapshot)
+            return table, plan
+        rates = self.rates.get(res.plan_id, s)
+        return rates.table, rates.plan
+
     def _already_settled(
         self, s: Session, res: Reservation, uniqueid: str, account: Account
     ) -> Settlement | None:
@@ -418,7 +468,7 @@ class Ledger:
             destination=res.number,
             destination_name=res.destination,
             prefix=res.prefix,
-            plan=self.rates.get(res.plan_id, s).plan.name,
+            plan=_plan_name(s, res),
             service=res.service,
             started_at=started_at or res.created_at,
             answered_at=answered_at,
@@ -428,6 +478,13 @@ class Ledger:
             currency=account.currency,
             hangup_cause=cause,
         )
+
+
+def _plan_name(s: Session, res: Reservation) -> str:
+    if res.rate_snapshot is not None:
+        return load_snapshot(res.rate_snapshot)[0].name
+    name = s.scalar(select(RatingPlan.name).where(RatingPlan.id == res.plan_id))
+    return name or ""
 
 
 def _held(affordable: int, hold: int | None) -> int:

@@ -19,7 +19,7 @@ from decimal import Decimal
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .accounts import count_pin_result
+from .accounts import count_pin_result, lock_card
 from .db import Database
 from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
 from .ledger import utcnow
@@ -116,8 +116,15 @@ def find_card(db: Database, number: str, callerid: str | None,
 def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, policy: LoginPolicy,
                *, now: datetime | None = None) -> LoginResult:
     """Check a PIN. A wrong one counts against the card and the caller ID; a right one
-    resets the card's count. The hash is checked between two short transactions, so the
-    ~60 ms of scrypt never holds a database lock."""
+    resets the card's count.
+
+    The hash is checked between two short transactions, so the ~60 ms of scrypt never
+    holds a database lock. The result is counted under the card's row lock (SELECT ...
+    FOR UPDATE; on SQLite the write lock), so concurrent wrong PINs are counted one after
+    the other: exactly ``pin_max_failures - 1`` of them are told WRONG_PIN, then LOCKED.
+    The card's state is checked again under that lock: a card locked while this PIN was
+    being checked stays locked, even when the PIN was right (LOCKED, nothing counted).
+    """
     now = now or utcnow()
     with db.transaction() as s:
         card = s.get(Card, card_id)
@@ -129,8 +136,7 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
         stored = card.pin_hash
     ok = bool(pin) and pin_check(pin, stored)
     with db.transaction() as s:
-        card = s.get(Card, card_id)
-        assert card is not None
+        card = lock_card(s, card_id)
         state = _card_state(s, card, now.date())  # locked meanwhile by another call
         if state is not None:
             return LoginResult(state, card.id)

@@ -214,7 +214,7 @@ async def check_low_balance(
     level, not sent since the last top-up) by every channel the account has an address
     for. True if a message went out. If every channel fails, the notice stays due."""
     now = now or datetime.now(UTC)
-    notice = await asyncio.to_thread(_claim, db, account_id, now, email is not None,
+    notice = await db.run(_claim, db, account_id, now, email is not None,
                                      sms is not None)
     if notice is None:
         return False
@@ -230,7 +230,7 @@ async def check_low_balance(
             continue
         sent.append(channel)
     if not sent:
-        await asyncio.to_thread(_unclaim, db, account_id)
+        await db.run(_unclaim, db, account_id)
         return False
     log.info("low-balance notice for account %s sent by %s", notice.account, " and ".join(sent))
     return True

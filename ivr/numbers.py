@@ -7,14 +7,23 @@ national ``0207 ...`` all rate the same. The parsing is Google's libphonenumber
 (``phonenumbers``) in the operator's default region. A number is accepted when its length
 is possible for its country; full validity is not required, because numbering plans change
 faster than the library's metadata and the rate deck decides what may be called.
+
+A caller ID is read the same way, but only when it is written like a number
+(:func:`plausible_callerid`); anything else is treated as withheld.
 """
 
 from __future__ import annotations
+
+import re
 
 import phonenumbers
 
 MAX_DIGITS = 20  # longest entry read from the keypad
 E164_MAX_DIGITS = 15  # country code included (ITU-T E.164)
+MAX_CALLERID_CHARS = 32  # a caller ID with its separators, e.g. "+1 (212) 555-1234"
+
+# A caller ID that looks like a telephone number: digits and separators only.
+_CALLERID = re.compile(r"\+?[ ().\-]*[0-9][0-9 ().\-]*")
 
 
 class InvalidNumber(ValueError):
@@ -35,14 +44,28 @@ def normalise(typed: str, region: str = "US") -> str:
     return _e164(keypad_digits(typed), region)
 
 
+def plausible_callerid(callerid: str | None) -> bool:
+    """Whether a caller ID is written like a telephone number: an optional leading ``+``,
+    then ASCII digits (at least one) and the usual separators (space, ``-``, ``.``,
+    ``(``, ``)``), at most :data:`MAX_CALLERID_CHARS` characters. Anything else (letters,
+    ``&``, ``,``, ``/``, ``@``, ``;``, ``#``, ``*``, a ``+`` inside, other scripts'
+    digits) is no number, however many digits it holds."""
+    raw = (callerid or "").strip()
+    return len(raw) <= MAX_CALLERID_CHARS and _CALLERID.fullmatch(raw) is not None
+
+
 def normalise_callerid(callerid: str | None, region: str = "US") -> str | None:
     """The E.164 digits of a caller ID, or None when it is withheld or not a number.
 
-    Unlike a keypad, a caller ID may come in international form (``+442079460000``):
-    its ``+`` is honoured, so a foreign caller ID is never read as a national number of
-    ``region``.
+    Only a :func:`plausible_callerid` is read: ``1555,0001&Local/123@host`` is treated as
+    withheld, never as its digits ``15550001123``, which could be another caller's
+    registered caller ID. Unlike a keypad, a caller ID may come in international form
+    (``+442079460000``): its ``+`` is honoured, so a foreign caller ID is never read as a
+    national number of ``region``.
     """
     raw = (callerid or "").strip()
+    if not plausible_callerid(raw):
+        return None
     try:
         return _e164(keypad_digits(raw), region, international=raw.startswith("+"))
     except InvalidNumber:

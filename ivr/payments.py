@@ -544,7 +544,7 @@ async def _charge(db: Database, started: _Started, charge: Callable[[], Any], pa
         status = PaymentStatus.ERROR
     if status is PaymentStatus.PENDING:
         status = PaymentStatus.ERROR
-    outcome = await asyncio.to_thread(_finish, db, payment_id, status, result, save=save,
+    outcome = await db.run(_finish, db, payment_id, status, result, save=save,
                                       expiry=expiry, now=now)
     log.info("payment %s: %s %s card ...%s%s%s", payment_id, outcome.verdict.value,
              outcome.amount, outcome.last4, f" ({outcome.reason})" if outcome.reason else "",
@@ -568,7 +568,7 @@ async def pay_with_card(
     _check_amount(amount)
     _check_payment_id(payment_id)
     now = now or datetime.now(UTC)
-    started = await asyncio.to_thread(_start, db, account_id, amount, payment_id, "card",
+    started = await db.run(_start, db, account_id, amount, payment_id, "card",
                                       card.last4, now)
     if started.done is not None:
         return started.done
@@ -596,7 +596,7 @@ async def _pay_stored(db: Database, gateway: PaymentGateway, account_id: int, am
                       payment_id: str, source: str, now: datetime) -> TopUpResult:
     _check_amount(amount)
     _check_payment_id(payment_id)
-    started = await asyncio.to_thread(_start, db, account_id, amount, payment_id, source, "",
+    started = await db.run(_start, db, account_id, amount, payment_id, source, "",
                                       now)
     if started.done is not None:
         return started.done
@@ -664,7 +664,7 @@ async def maybe_auto_recharge(
     nothing was due."""
     now = now or datetime.now(UTC)
     payment_id = auto_recharge_payment_id(call_key)
-    amount = await asyncio.to_thread(_auto_due, db, account_id, payment_id, now)
+    amount = await db.run(_auto_due, db, account_id, payment_id, now)
     if amount is None:
         return None
     return await _pay_stored(db, gateway, account_id, amount, payment_id, "auto", now)
@@ -692,7 +692,7 @@ async def reconcile(db: Database, gateway: PaymentGateway, *, older_than: timede
                 .order_by(Payment.id)))
 
     decided: list[TopUpResult] = []
-    for payment_id in await asyncio.to_thread(unresolved):
+    for payment_id in await db.run(unresolved):
         result = await gateway.lookup(payment_id)
         if result is None:
             status = PaymentStatus.DECLINED
@@ -702,7 +702,7 @@ async def reconcile(db: Database, gateway: PaymentGateway, *, older_than: timede
             status = PaymentStatus(result.status.value)
             if status is PaymentStatus.ERROR:
                 status = PaymentStatus.DECLINED
-        outcome = await asyncio.to_thread(_finish, db, payment_id, status, result, save=False,
+        outcome = await db.run(_finish, db, payment_id, status, result, save=False,
                                           expiry="", now=now, only_if=UNRESOLVED)
         if outcome is not None:
             log.info("payment %s reconciled: %s %s", payment_id, outcome.verdict.value,

@@ -69,15 +69,22 @@ def get_secret_key(settings: Settings | None = None) -> bytes:
 
 
 def get_database() -> Database:
-    """The database of the current settings; call it from a worker thread (it may migrate)."""
+    """The database of the current settings; call it from a worker thread (it may migrate).
+    Its steps wait at most ``db_timeout`` seconds. The default SQLite file's data
+    directory is kept private (0700)."""
     global _database
     settings = get_settings()
     with _lock:
-        if _database is None or _database.url != settings.effective_database_url:
+        if (_database is None or _database.url != settings.effective_database_url
+                or _database.timeout != settings.db_timeout):
             from .db import Database
+            from .db.engine import private_path
             from .db.migrate import ensure_schema
 
-            db = Database(settings.effective_database_url)
+            if not settings.database_url:
+                settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                private_path(settings.data_dir)
+            db = Database(settings.effective_database_url, timeout=settings.db_timeout)
             ensure_schema(db.engine, auto=db.is_sqlite)
             if _database is not None:
                 _database.dispose()

@@ -14,6 +14,8 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .config import ConfigError, Settings
+
 SCRYPT_LOG2_N = 14  # 16384: ~16 MiB and tens of ms per hash
 SCRYPT_R = 8
 SCRYPT_P = 1
@@ -105,16 +107,52 @@ def load_secret_key(configured: str, path: Path) -> bytes:
     database's backups: without it no stored code can be matched."""
     if configured:
         return configured.encode()
+    return bytes.fromhex(_kept_random_hex(path, 32))
+
+
+# The AMI secret the project once shipped as its default: public, so never accepted.
+PUBLISHED_AMI_SECRETS = frozenset({"ivr-sandbox-secret"})
+AMI_SECRET_FILE = "ami.secret"
+
+
+def load_ami_secret(configured: str, path: Path) -> str:
+    """The secret of the server's AMI user: ``configured`` when set, else a random one
+    kept in ``path`` (mode 0600), made on first use. The published default is refused."""
+    if configured in PUBLISHED_AMI_SECRETS:
+        raise ConfigError(
+            "ami_secret is the old published default; remove the setting (a random secret "
+            f"is then kept in {path}) or set your own"
+        )
+    return configured or _kept_random_hex(path, 24)
+
+
+def ami_secret(settings: Settings) -> str:
+    """:func:`load_ami_secret` for ``settings``: what manager.conf gets and the server
+    logs in with."""
+    return load_ami_secret(settings.ami_secret, settings.data_dir / AMI_SECRET_FILE)
+
+
+def _kept_random_hex(path: Path, nbytes: int) -> str:
+    """The hex string kept in ``path``; on first use a random one, in a file created
+    0600 (never readable by others, whatever the umask) and complete when it appears."""
     try:
-        return bytes.fromhex(path.read_text().strip())
+        kept = path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
+    else:
+        if not kept:
+            raise ConfigError(f"{path} is empty: restore it, or delete it to make a new one")
+        return kept
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    value = secrets.token_hex(nbytes)
+    draft = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        os.link(draft, path)
     except FileExistsError:  # made meanwhile by another process
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-    return bytes.fromhex(key)
+        return path.read_text().strip()
+    finally:
+        draft.unlink()
+    return value

@@ -7,6 +7,7 @@ from .protocol import (
     AgiHangup,
     AgiInvalidCommand,
     AgiProtocolError,
+    AgiTimeout,
     AgiUsageError,
     Reply,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "AgiProtocolError",
     "AgiServer",
     "AgiSession",
+    "AgiTimeout",
     "AgiUsageError",
     "Handler",
     "Reply",

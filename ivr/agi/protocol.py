@@ -14,12 +14,14 @@ of raising. See docs/design.md.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-# Limits that keep a misbehaving peer from eating memory.
-MAX_LINE = 8192
+# Limits that keep a misbehaving peer from eating memory: every buffer is bounded.
+MAX_LINE = 8192  # bytes in one line, header or reply (without its newline)
 MAX_HEADER_LINES = 200
+MAX_HEADER_BYTES = 32 * 1024  # the whole header block; Asterisk's is about 1 kB plus args
+MAX_USAGE = 64 * 1024  # the text of one multi-line 520 reply; Asterisk's is a few lines
 
 _HEADER_KEY = re.compile(r"^agi_[a-z0-9_]+$")
 
@@ -48,12 +50,57 @@ class AgiUsageError(AgiError):
         self.usage = usage
 
 
+class AgiTimeout(AgiHangup):
+    """Asterisk did not answer a command in time. The session cannot be used any more (a
+    late reply would be taken for the next command's), so it ends like a hang-up."""
+
+
 class AgiCommandFailed(AgiError):
     """200 result=-1 on a live channel (e.g. a sound file that does not exist)."""
 
     def __init__(self, command: str, reply: Reply) -> None:
         super().__init__(f"{command} failed: {reply.raw}")
         self.reply = reply
+
+
+# ---------------------------------------------------------------------------------------
+# Lines
+
+
+class LineBuffer:
+    """Splits a byte stream into lines, in bounded memory and linear time.
+
+    Each byte is scanned for a newline once (the scan resumes where the last one stopped),
+    and a line longer than :data:`MAX_LINE` is refused as soon as the buffer passes the
+    limit, whether or not its newline has arrived.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer known to hold no newline
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_line(self) -> bytes | None:
+        """The next complete line without its line break, or None until more bytes come."""
+        newline = self._buffer.find(b"\n", self._scanned)
+        if newline < 0:
+            self._scanned = len(self._buffer)
+            if self._scanned > MAX_LINE:
+                raise AgiProtocolError(f"{self._what} line too long (over {MAX_LINE} bytes)")
+            return None
+        if newline > MAX_LINE:
+            raise AgiProtocolError(f"{self._what} line too long ({newline} bytes)")
+        line = bytes(self._buffer[:newline])
+        del self._buffer[: newline + 1]
+        self._scanned = 0
+        return line.rstrip(b"\r")
+
+    @property
+    def pending(self) -> bytes:
+        return bytes(self._buffer)
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,10 +158,11 @@ class HeaderParser:
     """Collects ``agi_key: value`` lines up to the blank line that ends the block."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._lines_in = LineBuffer("header")
         self._values: dict[str, str] = {}
         self._args: list[tuple[int, str]] = []
         self._lines = 0
+        self._size = 0  # bytes of the block taken so far
         self.environment: AgiEnvironment | None = None
 
     def feed(self, data: bytes) -> AgiEnvironment | None:
@@ -125,16 +173,15 @@ class HeaderParser:
         """
         if self.environment is not None:
             raise AgiProtocolError("header block already complete")
-        self._buffer += data
+        self._lines_in.feed(data)
         while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                if len(self._buffer) > MAX_LINE:
-                    raise AgiProtocolError("header line too long")
+            raw = self._lines_in.next_line()
+            if raw is None:
                 return None
-            raw = bytes(self._buffer[:newline])
-            del self._buffer[: newline + 1]
-            line = raw.rstrip(b"\r").decode("utf-8", "replace")
+            self._size += len(raw) + 1
+            if self._size > MAX_HEADER_BYTES:
+                raise AgiProtocolError(f"header block too large (over {MAX_HEADER_BYTES} bytes)")
+            line = raw.decode("utf-8", "replace")
             if line == "":
                 if not self._values:
                     raise AgiProtocolError("empty header block")
@@ -145,7 +192,7 @@ class HeaderParser:
 
     @property
     def leftover(self) -> bytes:
-        return bytes(self._buffer)
+        return self._lines_in.pending
 
     def eof(self) -> None:
         """The peer closed the connection: complete block or error, never a hang."""
@@ -191,6 +238,51 @@ def format_command(name: str, *args: object) -> bytes:
         raise ValueError(f"not an AGI command name: {name!r}")
     parts = [name, *(quote_argument(a) for a in args)]
     return (" ".join(parts) + "\n").encode("utf-8")
+
+
+# How long Asterisk may take to answer a command: the waits its arguments ask for, plus
+# these. A session whose peer says nothing so ends in seconds or minutes. Only EXEC and
+# GOSUB (an application: Dial lasts the whole call) and waits without a limit (WAIT FOR
+# DIGIT -1) are left to the hard cap, the server's command_timeout.
+QUICK_REPLY = 30.0  # a command that waits for nobody (SET VARIABLE, ANSWER, ...)
+PLAYBACK = 300.0  # playing a prompt or saying a number; prompts are under two minutes
+DIGIT_WAIT = 10.0  # GET DATA's wait for each key: its timeout, at least the channel's
+_PLAYBACK_COMMANDS = ("STREAM FILE", "CONTROL STREAM FILE", "SAY ")
+_UNBOUNDED_COMMANDS = ("EXEC", "GOSUB")
+
+
+def _seconds(args: Sequence[object], index: int) -> float | None:
+    """Argument ``index`` as milliseconds, in seconds; None when absent, bad or negative
+    (Asterisk's "no limit")."""
+    try:
+        value = int(str(args[index]))
+    except (IndexError, ValueError):
+        return None
+    return value / 1000 if value >= 0 else None
+
+
+def reply_allowance(name: str, args: Sequence[object] = ()) -> float | None:
+    """Seconds Asterisk may take to answer ``name args``; None: no bound of its own."""
+    if name in _UNBOUNDED_COMMANDS:
+        return None
+    if name == "WAIT FOR DIGIT":
+        wait = _seconds(args, 0)
+        return None if wait is None else wait + QUICK_REPLY
+    if name == "RECORD FILE":  # file format escape_digits timeout ...
+        wait = _seconds(args, 3)
+        return None if wait is None else wait + QUICK_REPLY
+    if name in ("GET DATA", "GET OPTION"):  # file [timeout] [max_digits] / file escape [timeout]
+        timeout = _seconds(args, 1 if name == "GET DATA" else 2) or 0.0
+        try:
+            keys = int(str(args[2])) if name == "GET DATA" else 1
+        except (IndexError, ValueError):
+            return None  # GET DATA without max_digits reads up to 1024 keys
+        return PLAYBACK + (max(keys, 1) + 1) * max(timeout, DIGIT_WAIT)
+    if name == "SPEECH RECOGNIZE":  # prompt timeout ...
+        return PLAYBACK + (_seconds(args, 1) or DIGIT_WAIT)
+    if name.startswith(_PLAYBACK_COMMANDS):
+        return PLAYBACK
+    return QUICK_REPLY
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,22 +354,19 @@ class ReplyParser:
     :class:`HangupNotice` items."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._lines_in = LineBuffer("reply")
         self._usage: list[str] | None = None  # inside a multi-line 520
+        self._usage_size = 0
         self._usage_first = ""
 
     def feed(self, data: bytes) -> list[Reply | HangupNotice]:
-        self._buffer += data
+        self._lines_in.feed(data)
         items: list[Reply | HangupNotice] = []
         while True:
-            newline = self._buffer.find(b"\n")
-            if newline < 0:
-                if len(self._buffer) > MAX_LINE and self._usage is None:
-                    raise AgiProtocolError("reply line too long")
+            raw = self._lines_in.next_line()
+            if raw is None:
                 return items
-            raw = bytes(self._buffer[:newline])
-            del self._buffer[: newline + 1]
-            item = self._take_line(raw.rstrip(b"\r").decode("utf-8", "replace"))
+            item = self._take_line(raw.decode("utf-8", "replace"))
             if item is not None:
                 items.append(item)
 
@@ -287,6 +376,9 @@ class ReplyParser:
                 usage = "\n".join(self._usage)
                 self._usage = None
                 return Reply(520, raw=self._usage_first, usage=usage)
+            self._usage_size += len(line) + 1
+            if self._usage_size > MAX_USAGE:
+                raise AgiProtocolError(f"520 usage text too long (over {MAX_USAGE} bytes)")
             self._usage.append(line)
             return None
         if line == "HANGUP":
@@ -297,6 +389,7 @@ class ReplyParser:
             return parse_result_line(line)
         if line.startswith("520-"):
             self._usage = []
+            self._usage_size = 0
             self._usage_first = line
             return None
         code_text = line[:3]

@@ -17,11 +17,13 @@ from .protocol import (
     AgiEnvironment,
     AgiHangup,
     AgiProtocolError,
+    AgiTimeout,
     HangupNotice,
     Reply,
     ReplyParser,
     format_command,
     raise_for_reply,
+    reply_allowance,
 )
 
 log = logging.getLogger("ivr.agi")
@@ -47,6 +49,7 @@ class AgiSession:
         self._parser = ReplyParser()
         self._pending: list[Reply] = []
         self._command_timeout = command_timeout
+        self.broken: str | None = None  # why the session can no longer be used
         self._secret_depth = 0
         self._lock = asyncio.Lock()
         if leftover:
@@ -76,11 +79,21 @@ class AgiSession:
 
         After the caller hung up, only ``dead_ok`` commands are sent: Asterisk keeps
         answering GET/SET VARIABLE on a dead channel until the AGI ends (how a call's
-        outcome is read after the caller hung up during Dial)."""
+        outcome is read after the caller hung up during Dial).
+
+        Asterisk gets the time the command's arguments ask for plus a margin
+        (:func:`~ivr.agi.protocol.reply_allowance`), at most ``command_timeout``; after
+        that, or after bytes that are not AGI, the session ends (:class:`AgiTimeout`,
+        :class:`AgiProtocolError`) and every later command raises :class:`AgiHangup`."""
+        if self.broken is not None:
+            raise AgiHangup(f"{name}: session ended ({self.broken})")
         if self.hung_up and name != "HANGUP" and not dead_ok:
             raise AgiHangup(f"{name}: channel already hung up")
         data = format_command(name, *args)
         quiet = secret or self._secret_depth > 0
+        allowance = reply_allowance(name, args)
+        timeout = (self._command_timeout if allowance is None
+                   else min(allowance, self._command_timeout))
         async with self._lock:
             if quiet:
                 log.debug("%s -> %s <redacted>", self._log_prefix, name)
@@ -92,7 +105,14 @@ class AgiSession:
             except (ConnectionError, RuntimeError) as exc:
                 self.hung_up = True
                 raise AgiHangup(f"{name}: connection lost ({exc})") from None
-            reply = await asyncio.wait_for(self._next_reply(name), self._command_timeout)
+            try:
+                reply = await asyncio.wait_for(self._next_reply(name), timeout)
+            except TimeoutError:
+                self._break(f"no reply to {name} within {timeout:g}s")
+                raise AgiTimeout(f"{name}: Asterisk did not reply within {timeout:g}s") from None
+            except AgiProtocolError as exc:
+                self._break(str(exc))
+                raise
         if not quiet:
             log.debug("%s <- %s", self._log_prefix, reply.raw)
         return raise_for_reply(name, reply)
@@ -111,6 +131,15 @@ class AgiSession:
                 self.hung_up = True
                 raise AgiHangup(f"{name}: Asterisk closed the connection")
             self._absorb(self._parser.feed(chunk))
+
+    def _break(self, reason: str) -> None:
+        """The stream is out of step: nothing more can be sent; close the connection (and
+        drop what was buffered for it)."""
+        self.broken = reason
+        self.hung_up = True
+        self._parser = ReplyParser()
+        self._pending.clear()
+        self._writer.close()
 
     def _absorb(self, items: list[Reply | HangupNotice]) -> None:
         for item in items:

@@ -16,11 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
+from ..secrets import ami_secret
 from .install import AsteriskInstall, AsteriskSetupError, log
 
 # How long the pid file may name no live process before a starting Asterisk counts as
 # exited (see wait_for_ami).
 START_EXIT_GRACE = 5.0
+
+# The AMI user of the end-to-end tests' phone (ivr.testing.phone), rendered into
+# manager.conf only when an instance is given its secret (AsteriskInstance.harness_secret).
+# It needs more than the server: it originates calls into any context, types keys, hangs
+# up and records (MixMonitor, class "system"), and reads the AGI and dialplan events.
+HARNESS_AMI_USER = "ivr-test-phone"
+HARNESS_SECTION = """
+; The end-to-end tests' phone: test instances only, with a random secret.
+[{user}]
+secret = {secret}
+deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.1/255.255.255.255
+read = system,call,agi,cdr,dialplan,originate,reporting,user
+write = system,call,originate,reporting
+writetimeout = 1000
+"""
 
 
 def project_dir() -> Path:
@@ -48,6 +65,8 @@ class AsteriskInstance:
     settings: Settings
     install: AsteriskInstall
     source_dir: Path | None = None
+    # The test phone's AMI secret (user HARNESS_AMI_USER); empty: no such user.
+    harness_secret: str = ""
 
     # ------------------------------------------------------------------ layout
 
@@ -117,7 +136,10 @@ class AsteriskInstance:
             "ami_host": s.ami_host,
             "ami_port": str(s.ami_port),
             "ami_user": s.ami_user,
-            "ami_secret": s.ami_secret,
+            "ami_secret": ami_secret(s),
+            "ami_harness_user": HARNESS_SECTION.format(
+                user=HARNESS_AMI_USER, secret=self.harness_secret
+            ) if self.harness_secret else "",
             "agi_host": s.agi_host if s.agi_host not in ("0.0.0.0", "::") else "127.0.0.1",
             "agi_port": str(s.agi_port),
             "moh_dir": f"{self.base}/moh",
@@ -128,10 +150,10 @@ class AsteriskInstance:
         self.host(values["varlib_dir"]).mkdir(parents=True, exist_ok=True)
         for conf in sorted((src / "asterisk-conf").glob("*.conf")):
             text = render_template(conf.read_text(), values)
-            target = etc / conf.name
-            target.write_text(text)
             if conf.name == "manager.conf":
-                target.chmod(0o600)  # holds the AMI secret
+                write_private(etc / conf.name, text)  # holds the AMI secrets
+            else:
+                (etc / conf.name).write_text(text)
         for conf in dialplan_files:
             (dialplan_dst / conf.name).write_text(conf.read_text())
         make_hold_music(self.host(values["moh_dir"]))
@@ -203,7 +225,7 @@ class AsteriskInstance:
     def check_ami(self) -> None:
         """Log in to this instance's AMI with the configured user and secret."""
         s = self.settings
-        ami_login_check(s.ami_host, s.ami_port, s.ami_user, s.ami_secret)
+        ami_login_check(s.ami_host, s.ami_port, s.ami_user, ami_secret(s))
 
     def wait_for_ami(self, timeout: float, exit_grace: float = START_EXIT_GRACE) -> None:
         deadline = time.monotonic() + timeout
@@ -284,6 +306,14 @@ class AsteriskInstance:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``path`` readable by its owner only, from the moment it exists."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)  # an older file keeps its mode through O_TRUNC
+        f.write(text)
 
 
 def make_hold_music(directory: Path) -> None:

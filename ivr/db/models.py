@@ -217,6 +217,33 @@ class Reservation(Base):
     channel: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # The rates the call was authorized with, which it is charged by whatever deck is
+    # imported meanwhile: the plan's rates_version then, and the deck rows that can rate
+    # the number as compact JSON (ivr.rating.snapshot). None on older reservations.
+    rates_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The server that dialled the call: recovery touches only its own server's calls, or
+    # those of a server whose lease ended (ivr.servers).
+    server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"), nullable=True)
+    # When the call was answered, and the last time a server saw it up with Asterisk
+    # alive (its heartbeat): an answered call lost with Asterisk is billed up to then.
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                         nullable=True)
+    alive_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Server(Base):
+    """A run of ``ivr serve`` and its lease on the database: one runs at a time; a lease
+    ends when its server stops, or its heartbeat stops (ivr.servers)."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Cdr(Base):

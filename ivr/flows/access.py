@@ -29,7 +29,7 @@ from .. import login, notify, prompts, runtime
 from ..agi import AgiSession
 from ..calls import ASTDB_FAMILY, BACKSTOP_MARGIN, CallController, CallOutcome, LiveCall
 from ..config import Settings
-from ..db import Database
+from ..db import Database, run_bounded
 from ..ledger import Grant, Ledger, Refusal, Settlement
 from ..login import Cardholder, LoginPolicy, LoginResult, Verdict
 from ..numbers import InvalidNumber, keypad_digits, normalise, normalise_callerid
@@ -69,7 +69,8 @@ class DialResult:
 
 async def access(call: AgiSession) -> None:
     settings = runtime.get_settings()
-    db, ledger = await asyncio.to_thread(lambda: (runtime.get_database(), runtime.get_ledger()))
+    db, ledger = await run_bounded(settings.db_timeout,
+                                   lambda: (runtime.get_database(), runtime.get_ledger()))
     session = AccessCall(
         call, settings, db, ledger, runtime.get_controller(),
         normalise_callerid(call.env.callerid, settings.default_region),
@@ -120,13 +121,13 @@ async def identify(s: AccessCall) -> Cardholder | None:
     """Pinless by caller ID, else card number then PIN. None: the call ends."""
     await prompts.play(s.call, "welcome")
     policy = LoginPolicy.from_settings(s.settings)
-    result = await asyncio.to_thread(login.pinless, s.db, s.callerid)
+    result = await s.db.run(login.pinless, s.db, s.callerid)
     if result is not None:
         log.info("%s pinless log-in, card ...%s", s.tag, _last4(result))
         if result.verdict in (Verdict.OK, Verdict.EMPTY):
             await prompts.play(s.call, "welcome-back")
         return await _admit(s, result)
-    if await asyncio.to_thread(login.throttled, s.db, s.callerid, policy):
+    if await s.db.run(login.throttled, s.db, s.callerid, policy):
         log.warning("%s log-in refused: too many failures from this caller ID", s.tag)
         await prompts.play(s.call, "too-many-attempts")
         return None
@@ -138,7 +139,7 @@ async def identify(s: AccessCall) -> Cardholder | None:
     assert card.card_id is not None
     for _ in range(MAX_TRIES):
         pin = await prompts.ask(s.call, "enter-pin", 10_000, 12, secret=True)
-        result = await asyncio.to_thread(
+        result = await s.db.run(
             login.verify_pin, s.db, card.card_id, keypad_digits(pin), s.callerid, policy
         )
         if result.verdict is not Verdict.WRONG_PIN:
@@ -156,7 +157,7 @@ async def _ask_card(s: AccessCall) -> LoginResult | None:
         if not number:
             await prompts.play(s.call, "no-input")
             continue
-        result = await asyncio.to_thread(login.find_card, s.db, number, s.callerid)
+        result = await s.db.run(login.find_card, s.db, number, s.callerid)
         if result.verdict is not Verdict.UNKNOWN_CARD:
             return result
         log.info("%s unknown card number", s.tag)
@@ -184,7 +185,7 @@ async def _admit(s: AccessCall, result: LoginResult) -> Cardholder | None:
                             holder.currency, s.callerid)
         if not await topup_menu(menu):
             return None
-        refreshed = await asyncio.to_thread(login.holder, s.db, holder.card_id)
+        refreshed = await s.db.run(login.holder, s.db, holder.card_id)
         return refreshed if refreshed.available > 0 else None
     if verdict is not Verdict.OK or result.holder is None:
         await prompts.play(s.call, "invalid-card")
@@ -208,7 +209,7 @@ async def calls_until_done(s: AccessCall) -> None:
         result = await dial(s, grant)
         if s.call.hung_up:
             return
-        s.holder = await asyncio.to_thread(login.holder, s.db, s.holder.card_id)
+        s.holder = await s.db.run(login.holder, s.db, s.holder.card_id)
         await after_call(s, result)
         if s.holder.available <= 0:
             await prompts.play(s.call, "card-empty")
@@ -262,10 +263,16 @@ async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
     key = f"{s.call.env.uniqueid or 'call'}-{s.attempts}"
     if s.controller:
         s.controller.claim(key)
-    grant = await asyncio.to_thread(
-        s.ledger.authorize, number, card_id=s.holder.card_id, call_key=key,
-        channel=s.call.env.channel, hold=s.settings.reservation_hold or None,
-    )
+    try:
+        grant = await s.db.run(
+            s.ledger.authorize, number, card_id=s.holder.card_id, call_key=key,
+            channel=s.call.env.channel, hold=s.settings.reservation_hold or None,
+        )
+    except BaseException:
+        # Unclaimed: if the database commits the reservation after we gave up on it, the
+        # recovery sweep releases it once the caller's channel is gone.
+        _forget(s, key)
+        raise
     if not isinstance(grant, Grant):
         _forget(s, key)
         log.info("%s destination refused: %s", s.tag, grant.value)
@@ -323,7 +330,7 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         outcome = CallOutcome.parse(record) if record else CallOutcome(status, 0)
         settlement = None
         if outcome.dial_status == "ANSWER":
-            settlement = await asyncio.to_thread(
+            settlement = await s.db.run(
                 s.ledger.settle, grant.reservation_id, outcome.billsec, uniqueid=r.key,
                 caller=s.callerid or "", hangup_cause=status,
             )
@@ -331,8 +338,8 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
                      settlement.cost, grant.currency)
             notify_low_balance(s, grant.account_id)
         else:
-            await asyncio.to_thread(s.ledger.release, grant.reservation_id, uniqueid=r.key,
-                                    caller=s.callerid or "", hangup_cause=status)
+            await s.db.run(s.ledger.release, grant.reservation_id, uniqueid=r.key,
+                           caller=s.callerid or "", hangup_cause=status)
             log.info("%s call to %s not answered: %s", s.tag, r.number, status)
         closed = True
         await call.set_variable("IVR_SETTLED", "1", dead_ok=True)
@@ -398,7 +405,7 @@ async def say_dial_failure(call: AgiSession, status: str) -> None:
 async def _release(s: AccessCall, r: _Reserved, why: str) -> None:
     """Free the hold of a call that never reached Dial."""
     try:
-        await asyncio.shield(asyncio.to_thread(
+        await asyncio.shield(s.db.run(
             s.ledger.release, r.grant.reservation_id, uniqueid=r.key,
             caller=s.callerid or "", hangup_cause=why))
     except Exception:

@@ -31,7 +31,7 @@ from ..agi import AgiSession
 from ..ami import AmiError
 from ..calls import BACKSTOP_MARGIN
 from ..config import Settings
-from ..db import Database
+from ..db import Database, run_bounded
 from ..login import LoginPolicy, Verdict
 from ..numbers import keypad_digits
 from ..prompts.say import say_duration, say_money
@@ -66,8 +66,8 @@ async def topup(call: AgiSession) -> None:
         return
     prompts.set_language(call, live.language)
     settings = runtime.get_settings()
-    db = await asyncio.to_thread(runtime.get_database)
-    holder = await asyncio.to_thread(login.holder, db, live.card_id)
+    db = await run_bounded(settings.db_timeout, runtime.get_database)
+    holder = await db.run(login.holder, db, live.card_id)
     session = TopUpSession(call, settings, db, live.card_id, holder.account_id,
                            holder.currency, live.callerid)
     log.info("%s top-up menu during call %s", session.tag, live.key)
@@ -160,7 +160,7 @@ async def by_code(s: TopUpSession) -> bool:
         await prompts.play(s.call, "no-input")
         return False
     key = await asyncio.to_thread(runtime.get_secret_key)
-    result = await asyncio.to_thread(
+    result = await s.db.run(
         vouchers.redeem, s.db, typed, account_id=s.account_id, card_id=s.card_id,
         max_failures=s.settings.pin_max_failures, key=key,
     )
@@ -181,8 +181,8 @@ async def by_code(s: TopUpSession) -> bool:
 async def by_saved_method(s: TopUpSession) -> bool:
     pin = keypad_digits(await prompts.ask(s.call, "enter-pin-to-confirm", 10_000, 12,
                                           secret=True))
-    checked = await asyncio.to_thread(login.verify_pin, s.db, s.card_id, pin, s.callerid,
-                                      LoginPolicy.from_settings(s.settings))
+    checked = await s.db.run(login.verify_pin, s.db, s.card_id, pin, s.callerid,
+                             LoginPolicy.from_settings(s.settings))
     if checked.verdict not in (Verdict.OK, Verdict.EMPTY):
         log.info("%s saved-method top-up refused: %s", s.tag, checked.verdict.value)
         if checked.verdict is Verdict.WRONG_PIN:

@@ -11,8 +11,9 @@ import io
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from decimal import Decimal
+from functools import lru_cache
 from typing import Literal
 
 from ivr.rating.model import (
@@ -60,10 +61,12 @@ ASTPP_REQUIRED = ("prefix", "rate_per_min")
 DeckFormat = Literal["ivr", "astpp"]
 Problems = list[tuple[int, str]]
 
-_PREFIX = re.compile(r"\d+")
+# ASCII digits only: \d would take any script's digits (Python's int() and Decimal()
+# read "５" as 5), and a prefix of them would never match a dialled number.
+_PREFIX = re.compile(r"[0-9]+")
 _SERVICE = re.compile(r"[a-z][a-z0-9_-]*")
-_TIME = re.compile(r"(\d{1,2}):(\d{2})")
-_INT = re.compile(r"\d+")
+_TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
+_INT = re.compile(r"[0-9]+")
 
 
 def load_deck(
@@ -88,6 +91,26 @@ def parse_deck(
     ``plan`` and ``service`` are only used by the ``astpp`` format, whose rows name
     neither. Raises DeckError with every bad line.
     """
+    problems: Problems = []
+    rows = list(iter_deck(source, problems, format, plan, service))
+    problems += check_rows(rows)
+    if problems:
+        raise DeckError(problems)
+    return tuple(rows)
+
+
+def iter_deck(
+    source: str | Iterable[str],
+    problems: Problems,
+    format: DeckFormat = "ivr",
+    plan: str | None = None,
+    service: str = DEFAULT_SERVICE,
+) -> Iterator[RateRow]:
+    """Parse deck CSV one line at a time (bounded memory), yielding the good rows.
+
+    The problems of bad lines are appended to ``problems`` as (line, reason); checks
+    across rows (:func:`check_rows`) are the caller's.
+    """
     lines = io.StringIO(source) if isinstance(source, str) else source
     if format == "ivr":
         columns, required, convert = IVR_COLUMNS, IVR_REQUIRED, _ivr_row
@@ -98,11 +121,7 @@ def parse_deck(
         convert = _astpp_converter(plan, service)
     else:
         raise ValueError(f"unknown deck format: {format!r}")
-    rows, problems = _read(lines, columns, required, convert)
-    problems += check_rows(rows)
-    if problems:
-        raise DeckError(problems)
-    return tuple(rows)
+    return _read(lines, columns, required, convert, problems)
 
 
 def parse_astpp(
@@ -118,14 +137,18 @@ Converter = Callable[[dict[str, str], int, list[str]], list[RateRow]]
 
 
 def _read(
-    lines: Iterable[str], columns: Sequence[str], required: Sequence[str], convert: Converter
-) -> tuple[list[RateRow], Problems]:
+    lines: Iterable[str],
+    columns: Sequence[str],
+    required: Sequence[str],
+    convert: Converter,
+    problems: Problems,
+) -> Iterator[RateRow]:
     reader = csv.reader(lines)
-    problems: Problems = []
     try:
         header = [h.strip().lower() for h in next(reader)]
     except StopIteration:
-        return [], [(1, "empty deck: no header line")]
+        problems.append((1, "empty deck: no header line"))
+        return
     for name in header:
         if name not in columns:
             problems.append((1, f"unknown column {name!r} (known: {', '.join(columns)})"))
@@ -135,8 +158,7 @@ def _read(
     if len(set(header)) != len(header):
         problems.append((1, "a column appears twice in the header"))
     if problems:
-        return [], problems
-    rows: list[RateRow] = []
+        return
     line = reader.line_num + 1
     for fields in reader:
         start_line, line = line, reader.line_num + 1
@@ -151,8 +173,7 @@ def _read(
         if errors:
             problems.append((start_line, "; ".join(errors)))
         else:
-            rows.extend(converted)
-    return rows, problems
+            yield from converted
 
 
 def _ivr_row(rec: dict[str, str], line: int, errors: list[str]) -> list[RateRow]:
@@ -296,6 +317,19 @@ def parse_time(text: str, *, end: bool) -> int:
 
 
 def _window(days: str, start: str, end: str, errors: list[str]) -> Window | None:
+    window, problems = _cached_window(days, start, end)
+    errors.extend(problems)
+    return window
+
+
+@lru_cache(maxsize=4096)
+def _cached_window(days: str, start: str, end: str) -> tuple[Window | None, tuple[str, ...]]:
+    """A deck's few distinct windows, parsed once each (a deck may have millions of rows)."""
+    errors: list[str] = []
+    return _parse_window(days, start, end, errors), tuple(errors)
+
+
+def _parse_window(days: str, start: str, end: str, errors: list[str]) -> Window | None:
     try:
         day_set = parse_days(days)
     except ValueError as e:

@@ -218,9 +218,11 @@ class NoRate(LookupError):
 class DeckError(ValueError):
     """A rate deck was refused; ``problems`` lists every bad row as (line, reason)."""
 
-    def __init__(self, problems: list[tuple[int, str]]) -> None:
+    def __init__(self, problems: list[tuple[int, str]], total: int | None = None) -> None:
+        """``total``: how many problems there were, when only the first ones were kept."""
         self.problems = sorted(problems)
+        self.total = max(total or 0, len(self.problems))
         shown = "\n".join(f"  line {line}: {reason}" for line, reason in self.problems[:50])
-        more = len(self.problems) - 50
+        more = self.total - min(50, len(self.problems))
         tail = f"\n  ... and {more} more" if more > 0 else ""
-        super().__init__(f"bad rate deck ({len(self.problems)} problems):\n{shown}{tail}")
+        super().__init__(f"bad rate deck ({self.total} problems):\n{shown}{tail}")

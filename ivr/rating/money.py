@@ -10,7 +10,7 @@ import re
 from decimal import Context, Decimal
 from enum import StrEnum
 
-_MONEY = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_MONEY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")  # ASCII digits only
 
 
 class Rounding(StrEnum):
@@ -24,7 +24,8 @@ class Rounding(StrEnum):
 def parse_money(text: str) -> Decimal:
     """Parse a plain decimal literal (``1``, ``0.0125``, ``.5``) exactly; no exponents.
 
-    Raises ValueError on anything else (empty, ``NaN``, ``1e3``, ``1,5``). The sign is kept;
+    Raises ValueError on anything else (empty, ``NaN``, ``1e3``, ``1,5``, digits of other
+    scripts such as ``５``, which Decimal would read as 5). The sign is kept;
     callers decide whether negatives are allowed.
     """
     text = text.strip()

@@ -5,6 +5,9 @@ as its Context/Exten: the ``;1`` half runs the line (and its AGI), the ``;2`` ha
 caller's handset, waiting in ``ivr-test-caller``. DTMF played on ``;2`` reaches the IVR.
 Every AGI command Asterisk runs for the call arrives as an ``AGIExecStart`` event, which
 tells the phone what the IVR played and when it waits for input.
+
+The phone logs in as its own AMI user (:func:`harness_ami`), not the server's: the server's
+user may not read AGI events nor record, and should not.
 """
 
 from __future__ import annotations
@@ -16,9 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..ami import AmiClient
+from ..asterisk.instance import HARNESS_AMI_USER, AsteriskInstance
 
 INPUT_COMMANDS = ("GET DATA", "WAIT FOR DIGIT", "GET OPTION", "RECORD FILE")
 PROMPT_COMMANDS = ("STREAM FILE", "CONTROL STREAM FILE", "GET DATA", "GET OPTION")
+
+
+def harness_ami(instance: AsteriskInstance) -> AmiClient:
+    """An AMI client for the test harness's user of ``instance``, which renders that user
+    only when given its secret (``instance.harness_secret``, set before start)."""
+    if not instance.harness_secret:
+        raise ValueError("this Asterisk instance has no test harness AMI user")
+    s = instance.settings
+    return AmiClient(s.ami_host, s.ami_port, HARNESS_AMI_USER, instance.harness_secret)
 
 
 @dataclass(frozen=True)

@@ -221,3 +221,102 @@ def test_vouchers(ivr, tmp_path):
     blob = (tmp_path / "cli.sqlite3").read_bytes() + b"".join(
         p.read_bytes() for p in tmp_path.glob("cli.sqlite3-*"))
     assert all(r["code"].encode() not in blob for r in rows)
+
+
+def test_deck_values_the_database_cannot_hold_are_refused_by_line(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "USD")
+    (tmp_path / "deck.csv").write_text(DECK)
+    ivr("rates", "import", "deck.csv")
+    bad = (DECK
+           + "retail,33,France,0,0.0000001,60,1,0,,,,\n"  # 5: 7 decimals
+           + "retail,34,Spain,0,0.1,60,99999999999999999999,0,,,,\n"  # 6: huge increment
+           + "retail,35,Portugal,0,99999999999999999999,60,1,0,,,,\n"  # 7: huge rate
+           + "retail,36,Italy,0,0.1,99999999999,1,0,,,,\n"  # 8: huge rate unit
+           + "retail,３７,Greece,0,0.1,60,1,0,,,,\n"  # 9: full-width prefix
+           + "retail,38,Malta,0,０.1,60,1,0,,,,\n")  # 10: full-width rate
+    (tmp_path / "bad.csv").write_text(bad)
+    for args in (("bad.csv",), ("bad.csv", "--json")):
+        err = ivr("rates", "import", *args, expect=1)
+        assert "Traceback" not in err
+        lines = {int(line.split(":")[0].split()[-1]): line for line in err.splitlines()
+                 if line.startswith("  line ")}
+        assert sorted(lines) == [5, 6, 7, 8, 9, 10], err
+        assert "more than 6 decimal places" in lines[5]
+        assert "increment" in lines[6] and "too large" in lines[6]
+        assert "rate" in lines[7] and "too large" in lines[7]
+        assert "rate_unit" in lines[8] and "bad prefix" in lines[9] and "bad rate" in lines[10]
+        assert "previous rates are unchanged" in err
+    plans = json.loads(ivr("plans", "list", "--json"))["plans"]
+    assert plans[0]["rates"] == 3 and plans[0]["rates_version"] == 1
+
+
+def test_deck_import_checks_across_lines_and_files(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "USD")
+    (tmp_path / "deck.csv").write_text(DECK)
+    ivr("rates", "import", "deck.csv")
+    bad = (DECK
+           + "retail,44,UK,0.10,0.60,60,60,0,,,,\n"  # 5: duplicate of line 3
+           + "retail,49,Germany,0,0.1,60,1,30,,,,\n"  # 6: no from_second 0 row
+           + "retail,33,France,0,0.1,60,1,0,mon-fri,,,\n"  # 7
+           + "retail,33,France,0,0.2,60,1,0,fri-sun,,,\n")  # 8: overlaps line 7 (fri)
+    (tmp_path / "bad.csv").write_text(bad)
+    err = ivr("rates", "import", "bad.csv", expect=1)
+    assert "line 5: duplicate of line 3" in err
+    assert "line 6: no from_second 0 row" in err
+    assert "line 8: window fri-sun 00:00-24:00 overlaps" in err
+    plans = json.loads(ivr("plans", "list", "--json"))["plans"]
+    assert plans[0]["rates"] == 3 and plans[0]["rates_version"] == 1
+    # A missing file, a directory, a file that is not text: one line each.
+    for path, says in (("missing.csv", "No such file"), (".", "Is a directory")):
+        err = ivr("rates", "import", path, expect=1)
+        assert says in err and err.count("\n") == 1 and "Traceback" not in err
+    (tmp_path / "latin1.csv").write_bytes(DECK.replace("UK", "Espa\xf1a").encode("latin-1"))
+    err = ivr("rates", "import", "latin1.csv", expect=1)
+    assert "not UTF-8" in err and err.count("\n") == 1
+    # Unknown plans: refused unless --currency creates them.
+    (tmp_path / "new.csv").write_text(DECK.replace("retail,", "wholesale,"))
+    assert "no plan named 'wholesale'" in ivr("rates", "import", "new.csv", expect=1)
+    out = json.loads(ivr("rates", "import", "new.csv", "--currency", "eur", "--json"))
+    assert out == {"plans": {"wholesale": 3}, "versions": {"wholesale": 1}}
+    assert "3 rates imported (version 2)" in ivr("rates", "import", "deck.csv")
+
+
+@pytest.mark.parametrize("amount", [
+    "1e400", "1e13", "10000000000000", "-10000000000000", "NaN", "Infinity", "1e-6", "0.000001",
+    "0.0000001", "５", "1_000", "1,5", "", " ", "0x10", "１.00",
+])
+def test_money_typed_on_the_command_line_is_refused_in_one_line(ivr, amount):
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700300", "--balance", "5")
+    for args in (("accounts", "credit", "700300", amount),
+                 ("accounts", "credit", "700300", amount, "--json"),
+                 ("accounts", "create", "--plan", "retail", "--balance", amount),
+                 ("cards", "issue", "--plan", "retail", "--count", "1", "--balance", amount,
+                  "--out", "cards.csv"),
+                 ("vouchers", "generate", "--count", "1", "--value", amount,
+                  "--out", "v.csv"),
+                 ("rates", "max-seconds", "--plan", "retail", "--number", "1555",
+                  "--balance", amount)):
+        if args[0] == "rates" and amount in ("1e-6", "0.000001"):
+            continue  # a balance may have any decimals up to 6 for a quote
+        err = ivr(*args, expect=1)
+        assert err.count("\n") == 1 and err.startswith("ivr: "), (args, err)
+        assert "Traceback" not in err
+    shown = json.loads(ivr("accounts", "show", "700300", "--json"))
+    assert (shown["balance"], len(shown["cards"])) == ("5.00", 0)
+    assert not any(Path(name).exists() for name in ("cards.csv", "v.csv"))
+
+
+def test_amounts_within_the_plans_decimals_are_taken(ivr):
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700400", "--balance", "5.000")
+    out = json.loads(ivr("accounts", "credit", "700400", "999999999999.99", "--json"))
+    assert out["balance"] == "1000000000004.99"
+    err = ivr("accounts", "credit", "700400", "0.001", expect=1)
+    assert "more decimals than the account's plan (retail, USD) allows (2)" in err
+    out = json.loads(ivr("accounts", "credit", "700400", "-4.99", "--kind", "adjustment",
+                         "--json"))
+    assert out["balance"] == "1000000000000.00"
+    for bad in ("５", "1_0", "0x1"):  # counts and seconds: ASCII digits only
+        with pytest.raises(SystemExit):
+            ivr("cards", "issue", "--plan", "retail", "--count", bad, "--out", "c.csv")

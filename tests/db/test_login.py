@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -13,6 +15,7 @@ from ivr.db import Database
 from ivr.db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
 from ivr.ledger import Grant, Ledger
 from ivr.login import ANONYMOUS, Cardholder, LoginPolicy, Verdict
+from ivr.secrets import pin_check
 from ivr.testing.access import CardInHand, create_test_plan, new_card
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
@@ -165,6 +168,58 @@ def test_wrong_pins_on_two_cards_count_per_card(plan: Database):
     for card in (a, b, a, b):
         login.verify_pin(plan, card.card_id, wrong(card), "13105550000", POLICY, now=NOW)
     assert card_row(plan, a) == card_row(plan, b) == (CardStatus.ACTIVE, 2)
+
+
+def test_concurrent_wrong_pins_lock_after_exactly_max_failures(plan: Database, monkeypatch):
+    """24 wrong PINs at once: the count is taken under the card's row lock, so exactly
+    pin_max_failures - 1 of them are told WRONG_PIN and the rest LOCKED (on PostgreSQL a
+    read-then-write count lost updates and let up to 7 of 5 through)."""
+    policy = LoginPolicy(pin_max_failures=5, callerid_max_failures=1000)
+    card = new_card(plan, Decimal("5.00"))
+    attempts = 24
+    # All attempts have checked their hash (outside any lock) before any counts it, the
+    # worst case for the count; a check under a lock would time out here instead.
+    barrier = threading.Barrier(attempts, timeout=60)
+
+    def checked_together(pin: str, stored: str) -> bool:
+        ok = pin_check(pin, stored)
+        barrier.wait()
+        return ok
+
+    monkeypatch.setattr(login, "pin_check", checked_together)
+
+    def attempt(i: int) -> Verdict:
+        return login.verify_pin(plan, card.card_id, wrong(card), f"1212555{i:04d}", policy,
+                                now=NOW).verdict
+
+    with ThreadPoolExecutor(max_workers=attempts) as pool:
+        verdicts = list(pool.map(attempt, range(attempts)))
+    assert verdicts.count(Verdict.WRONG_PIN) == policy.pin_max_failures - 1
+    assert verdicts.count(Verdict.LOCKED) == attempts - policy.pin_max_failures + 1
+    assert card_row(plan, card) == (CardStatus.LOCKED, policy.pin_max_failures)
+    # Only the counted PINs are failures of their caller IDs.
+    assert len(failures(plan)) == policy.pin_max_failures
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, policy, now=NOW)
+    assert (result.verdict, result.holder) == (Verdict.LOCKED, None)
+
+
+def test_a_right_pin_checked_while_the_card_was_locked_stays_locked(plan: Database,
+                                                                     monkeypatch):
+    """The right PIN's hash is checked on an active card; meanwhile wrong PINs on another
+    call lock it. The late right PIN neither unlocks the card nor logs in."""
+    card = new_card(plan, Decimal("5.00"))
+
+    def meanwhile(pin: str, stored: str) -> bool:
+        if pin == card.pin:
+            for _ in range(POLICY.pin_max_failures):
+                login.verify_pin(plan, card.card_id, wrong(card), "13105550000", POLICY,
+                                 now=NOW)
+        return pin_check(pin, stored)
+
+    monkeypatch.setattr(login, "pin_check", meanwhile)
+    result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.holder) == (Verdict.LOCKED, None)
+    assert card_row(plan, card) == (CardStatus.LOCKED, POLICY.pin_max_failures)
 
 
 def test_verify_pin_of_no_card(plan: Database):

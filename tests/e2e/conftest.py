@@ -4,6 +4,10 @@ The Asterisk is the project's own (system or sandbox, built when missing), run a
 separate instance named ``test`` on free ports with a random AMI secret, so it never
 disturbs an operator's running instance. Nothing here skips: when Asterisk cannot be
 brought up the tests error with the reason.
+
+Two AMI users, as in production: the server's (``server_ami``, the call controller; only
+the classes it needs) and the test phone's own (``ami``, the harness: it places calls,
+types keys and records, which needs more).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from ivr.agi import AgiServer
 from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance, instance_for
 from ivr.calls import CallController
+from ivr.cli import SERVER_AMI_EVENTS
 from ivr.config import Settings, load_settings
 from ivr.db import Database
 from ivr.db.migrate import upgrade
@@ -31,7 +36,7 @@ from ivr.prompts import PromptStore, load_catalogue
 from ivr.prompts.build import build
 from ivr.testing import free_port
 from ivr.testing.access import AccessLine, create_test_plan
-from ivr.testing.phone import Phone
+from ivr.testing.phone import Phone, harness_ami
 from ivr.testing.postgres import fresh_postgres_database
 
 
@@ -52,6 +57,7 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture(scope="session")
 def asterisk(test_settings: Settings) -> Iterator[AsteriskInstance]:
     instance = instance_for(test_settings)
+    instance.harness_secret = secrets.token_hex(12)
     stop_abandoned_test_instances(instance)
     instance.start(timeout=90)
     yield instance
@@ -83,8 +89,20 @@ async def agi_server(
 
 
 @pytest.fixture
-async def ami(asterisk: AsteriskInstance, test_settings: Settings) -> AsyncIterator[AmiClient]:
-    client = AmiClient.from_settings(test_settings)
+async def ami(asterisk: AsteriskInstance) -> AsyncIterator[AmiClient]:
+    """The test harness's AMI user (the phone's): all events, calls, keys, recording."""
+    client = harness_ami(asterisk)
+    await client.connect(timeout=15)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def server_ami(
+    asterisk: AsteriskInstance, test_settings: Settings
+) -> AsyncIterator[AmiClient]:
+    """The server's AMI user, with the server's event filter, as `ivr serve` logs in."""
+    client = AmiClient.from_settings(test_settings, events=SERVER_AMI_EVENTS)
     await client.connect(timeout=15)
     yield client
     await client.close()
@@ -94,8 +112,8 @@ KEYPADS = 8  # AMI connections typing DTMF (see Phone)
 
 
 @pytest.fixture
-async def phone(ami: AmiClient, test_settings: Settings) -> AsyncIterator[Phone]:
-    keypads = [AmiClient.from_settings(test_settings) for _ in range(KEYPADS)]
+async def phone(ami: AmiClient, asterisk: AsteriskInstance) -> AsyncIterator[Phone]:
+    keypads = [harness_ami(asterisk) for _ in range(KEYPADS)]
     await asyncio.gather(*(k.connect(timeout=15) for k in keypads))
     p = Phone(ami, keypads=keypads)
     yield p
@@ -124,7 +142,7 @@ def instance_prompts(asterisk: AsteriskInstance) -> Iterator[PromptStore]:
 @pytest.fixture
 async def access_line(
     asterisk: AsteriskInstance, test_settings: Settings, instance_prompts: PromptStore,
-    ami: AmiClient, tmp_path: Path, request: pytest.FixtureRequest,
+    server_ami: AmiClient, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> AsyncIterator[AccessLine]:
     overrides = dict(getattr(request, "param", {}))
     with contextlib.ExitStack() as stack:
@@ -132,7 +150,7 @@ async def access_line(
             url = stack.enter_context(fresh_postgres_database())
         else:
             url = f"sqlite:///{tmp_path / 'ivr.sqlite3'}"
-        async for line in _access_line(test_settings, ami, url, overrides):
+        async for line in _access_line(test_settings, server_ami, url, overrides):
             yield line
 
 

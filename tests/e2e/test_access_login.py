@@ -9,8 +9,10 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from ivr.db.models import Card, CardStatus
+from ivr.db.models import AuthFailure, Card, CardStatus
+from ivr.login import ANONYMOUS
 from ivr.testing.access import AccessLine, Caller, cdrs
 from ivr.testing.phone import Phone
 
@@ -87,6 +89,29 @@ async def test_pinless_caller_is_recognised_by_caller_id(access_line: AccessLine
     (cdr,) = cdrs(access_line)
     assert cdr.card_id == card.card_id and cdr.caller == "15550006666"
     assert cdr.cost == Decimal("0.02")
+
+
+async def test_a_malformed_caller_id_is_withheld_not_a_pinless_log_in(
+    access_line: AccessLine, phone: Phone, caplog: pytest.LogCaptureFixture
+):
+    """Its digits alone are a registered caller ID, but dialplan syntax is no telephone
+    number: the caller is asked for a card, and failures count as anonymous."""
+    caplog.set_level(logging.INFO, logger="ivr.agi")
+    access_line.card("5.00", callerid="15550001123")
+    malformed = "1555,0001&Local/123@default"
+    call = await phone.call("ivr-access", callerid=malformed)
+    caller = Caller(call)
+    await caller.answer("enter-card-number", "400000000002#")
+    await caller.wait_prompt("invalid-card")
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    assert caller.heard[:2] == ["welcome", "enter-card-number"]
+    assert "welcome-back" not in caller.heard
+    # Asterisk passed the caller ID on as it was set.
+    assert any(f"call from {malformed!r}" in r.getMessage() for r in caplog.records)
+    with access_line.db.transaction() as s:
+        assert [f.callerid for f in s.scalars(select(AuthFailure))] == [ANONYMOUS]
 
 
 @pytest.mark.parametrize("access_line", [{"access_languages": ""}], indirect=True)

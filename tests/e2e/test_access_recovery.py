@@ -227,3 +227,130 @@ async def test_a_call_on_renewed_holds_outlives_a_server_restart(
     assert entries[1].amount == Decimal("-0.30") and balance == 0 and reserved == 0
     with db.transaction() as s:
         assert list(s.scalars(select(Cdr.billable_seconds))) == [30]
+
+
+async def test_first_sweep_after_a_restart_runs_as_soon_as_ami_is_up(
+    asterisk, test_settings: Settings, instance_prompts, phone: Phone, ami: AmiClient,
+    tmp_path: Path,
+):
+    """The call holds 10 s at a time and its money buys 30 s; the server dies just after
+    the answer and comes back with a recovery interval far longer than the call. Only a
+    sweep as soon as AMI is logged in adopts the call (and renews its hold) before Asterisk
+    cuts it at 10 s."""
+    settings = test_settings.replace(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
+    runtime.set_settings(settings)
+    db: Database = await asyncio.to_thread(runtime.get_database)
+    create_test_plan(db)
+    card = new_card(db, Decimal("0.30"))  # 30 s to the US at 0.01 a second
+    times: dict[str, float] = {}
+    callee: list[str] = []
+    caller_id: list[str] = []
+
+    def on_event(event: object) -> None:
+        e = dict(event)  # type: ignore[call-overload]
+        if (e.get("Event") == "DialEnd" and e.get("DialStatus") == "ANSWER"
+                and e.get("Uniqueid") in caller_id):
+            times["answered"] = time.monotonic()
+            callee.append(e["DestChannel"])
+        elif e.get("Event") == "Hangup" and callee and e.get("Channel") == callee[0]:
+            times["ended"] = time.monotonic()
+
+    offs = [ami.on_event(n, on_event) for n in ("DialEnd", "Hangup")]
+    server = ServerProcess(settings, tmp_path / "serve.log", IVR_RESERVATION_HOLD="10")
+    try:
+        await server.start()
+        call = await phone.call("ivr-access", callerid="15550008888")
+        caller_id.append(call.id)
+        caller = Caller(call)
+        await caller.log_in(card)
+        await caller.dial("2125550100")
+        await until(lambda: "answered" in times, 30, "the answer")
+        await server.kill9()
+        server.extra_env["IVR_RECOVERY_INTERVAL"] = "600"  # only the first sweep can help
+        await server.start()
+        await call.wait_ended(timeout=60)
+        # The adopted call is settled by a later sweep: a server with a short interval.
+        await server.stop()
+        server.extra_env["IVR_RECOVERY_INTERVAL"] = "1"
+        await server.start()
+        await until(lambda: not open_reservations(db), 30, "the call settled")
+    finally:
+        for off in offs:
+            off()
+        await server.stop()
+        runtime.set_settings(None)
+
+    assert abs(times["ended"] - times["answered"] - 30) <= 1.0, times
+    balance, reserved, entries = account_state(db, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert entries[1].amount == Decimal("-0.30") and balance == 0 and reserved == 0
+
+
+LOST_AFTER = 8  # seconds of talk before Asterisk is killed
+
+
+async def test_answered_call_lost_with_asterisk_is_billed_until_asterisk_died(
+    asterisk, test_settings: Settings, instance_prompts, phone: Phone, ami: AmiClient,
+    tmp_path: Path,
+):
+    """kill -9 of Asterisk during an answered call: no hang-up handler runs, so no record
+    of the call's length. The server (alive throughout) bills it up to the last time its
+    heartbeat saw the call up with Asterisk connected, once Asterisk is back. This test
+    restarts the session's Asterisk; it is up again, as before, when the test ends."""
+    settings = test_settings.replace(
+        data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
+    runtime.set_settings(settings)
+    db: Database = await asyncio.to_thread(runtime.get_database)
+    create_test_plan(db)
+    card = new_card(db, Decimal("1.00"))  # 100 s to the US at 0.01 a second
+    times: dict[str, float] = {}
+    caller_id: list[str] = []
+
+    def on_event(event: object) -> None:
+        e = dict(event)  # type: ignore[call-overload]
+        if (e.get("Event") == "DialEnd" and e.get("DialStatus") == "ANSWER"
+                and e.get("Uniqueid") in caller_id):
+            times["answered"] = time.monotonic()
+
+    off = ami.on_event("DialEnd", on_event)
+    server = ServerProcess(settings, tmp_path / "serve.log")
+    try:
+        await server.start()
+        call = await phone.call("ivr-access", callerid="15550009999")
+        caller_id.append(call.id)
+        caller = Caller(call)
+        await caller.log_in(card)
+        await caller.dial("2125550100")
+        await until(lambda: "answered" in times, 30, "the answer")
+        await asyncio.sleep(LOST_AFTER)  # the call's own length
+        pid = asterisk.pid()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        times["killed"] = time.monotonic()
+        await until(lambda: not asterisk.running(), 10, "Asterisk to die")
+        await asyncio.to_thread(asterisk.start, 90)
+        await until(lambda: not open_reservations(db), 30, "the call settled")
+    finally:
+        off()
+        await server.stop()
+        runtime.set_settings(None)
+        if not asterisk.running():
+            await asyncio.to_thread(asterisk.start, 90)
+
+    talked = times["killed"] - times["answered"]
+    with db.transaction() as s:
+        cdr = s.scalar(select(Cdr))
+        assert cdr is not None
+        assert cdr.hangup_cause == "recovered: asterisk lost"
+        # Billed up to the last heartbeat (every second) before Asterisk died, in whole
+        # seconds: at most 2 s short, never more than the call lasted.
+        assert talked - 2.5 <= cdr.billable_seconds <= talked + 0.5, (cdr.billable_seconds,
+                                                                      talked)
+        seconds = cdr.billable_seconds
+    balance, reserved, entries = account_state(db, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert entries[1].amount == -Decimal(seconds) / 100
+    assert balance == Decimal("1.00") - Decimal(seconds) / 100 and reserved == 0
+    log = (tmp_path / "serve.log").read_text()
+    assert f"WARNING ivr.recovery: [{caller_id[0]}-1] answered call gone without a record" in log

@@ -2,20 +2,26 @@
 
 import pytest
 
+from ivr.agi import protocol
 from ivr.agi.protocol import (
+    MAX_HEADER_BYTES,
     MAX_HEADER_LINES,
+    MAX_LINE,
+    MAX_USAGE,
     AgiHangup,
     AgiInvalidCommand,
     AgiProtocolError,
     AgiUsageError,
     HangupNotice,
     HeaderParser,
+    LineBuffer,
     Reply,
     ReplyParser,
     format_command,
     parse_result_line,
     quote_argument,
     raise_for_reply,
+    reply_allowance,
 )
 
 HEADER = (
@@ -95,6 +101,23 @@ def test_header_limits():
     many = b"".join(b"agi_k%d: v\n" % i for i in range(MAX_HEADER_LINES + 1))
     with pytest.raises(AgiProtocolError, match="too many"):
         HeaderParser().feed(many)
+
+
+def test_header_line_limit_applies_to_complete_lines():
+    """A 12 kB line that arrives with its newline is refused too, not only a partial one."""
+    with pytest.raises(AgiProtocolError, match="too long"):
+        HeaderParser().feed(b"agi_x: " + b"a" * 12000 + b"\nagi_y: 1\n\n")
+
+
+def test_header_block_size_limit():
+    """Lines under MAX_LINE and fewer than MAX_HEADER_LINES still cannot add up past
+    MAX_HEADER_BYTES (a 195 x 7 kB block held 1.4 MB per connection)."""
+    line = b"agi_x%03d: " + b"a" * 7000 + b"\n"
+    parser = HeaderParser()
+    with pytest.raises(AgiProtocolError, match="too large"):
+        for i in range(195):
+            parser.feed(line % i)
+    assert i * len(line % 0) <= MAX_HEADER_BYTES
 
 
 def test_unknown_callerid_is_empty():
@@ -218,6 +241,89 @@ def test_garbage_reply_lines_raise(data):
 def test_reply_line_length_limit():
     with pytest.raises(AgiProtocolError):
         ReplyParser().feed(b"200 result=" + b"1" * 10000)
+
+
+def test_reply_line_limit_applies_to_complete_lines():
+    with pytest.raises(AgiProtocolError, match="too long"):
+        ReplyParser().feed(b"200 result=1 (" + b"v" * 12000 + b")\n")
+
+
+def test_long_520_usage_is_refused():
+    """A 520- reply that never ends is cut at MAX_USAGE bytes (300 MB of lines grew the
+    server by 370 MB)."""
+    parser = ReplyParser()
+    parser.feed(b"520-Invalid command syntax.  Proper usage follows:\n")
+    block = b" usage line\n" * 1000
+    with pytest.raises(AgiProtocolError, match="usage text too long"):
+        for _ in range(MAX_USAGE // len(block) + 2):
+            parser.feed(block)
+
+
+def test_usage_limit_is_per_reply():
+    parser = ReplyParser()
+    text = b" " + b"u" * 1000 + b"\n"
+    reply = b"520-Invalid\n" + text * (MAX_USAGE // len(text) - 1) + b"520 End\n"
+    for _ in range(3):
+        (item,) = parser.feed(reply)
+        assert isinstance(item, Reply) and item.code == 520
+
+
+def test_line_without_newline_in_520_is_refused_past_the_limit():
+    """Inside a 520 reply the limit was not applied at all: 120 MB without a newline were
+    buffered (and rescanned on every read)."""
+    parser = ReplyParser()
+    parser.feed(b"520-Invalid command syntax.  Proper usage follows:\n")
+    fed = 0
+    with pytest.raises(AgiProtocolError, match="too long"):
+        while fed < 10 * MAX_LINE:
+            parser.feed(b"x" * 4096)
+            fed += 4096
+    assert fed <= MAX_LINE + 4096
+
+
+class CountingBuffer(bytearray):
+    """A bytearray that counts the bytes its newline searches look at."""
+
+    scanned = 0
+
+    def find(self, sub, start=0, *rest):  # type: ignore[override]
+        found = super().find(sub, start, *rest)
+        self.scanned += (found + 1 if found >= 0 else len(self)) - start
+        return found
+
+
+def test_line_buffer_scans_each_byte_once():
+    lines = LineBuffer("test")
+    lines._buffer = CountingBuffer()
+    data = b"a" * (MAX_LINE - 1) + b"\n" + b"b" * 100 + b"\n"
+    for byte in data:  # the worst case: one byte per read
+        lines.feed(bytes([byte]))
+        lines.next_line()
+    assert lines._buffer.scanned <= len(data)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "seconds"),
+    [
+        ("SET VARIABLE", ("X", "1"), protocol.QUICK_REPLY),
+        ("ANSWER", (), protocol.QUICK_REPLY),
+        ("CHANNEL STATUS", (), protocol.QUICK_REPLY),
+        ("STREAM FILE", ("hello", ""), protocol.PLAYBACK),
+        ("SAY NUMBER", (12, ""), protocol.PLAYBACK),
+        ("WAIT FOR DIGIT", (5000,), 5 + protocol.QUICK_REPLY),
+        ("WAIT FOR DIGIT", (-1,), None),  # waits for ever: only the hard cap
+        ("RECORD FILE", ("f", "wav", "#", 120_000, "BEEP"), 120 + protocol.QUICK_REPLY),
+        ("RECORD FILE", ("f", "wav", "#", -1), None),
+        # GET DATA: the prompt, then each key's wait (at least the channel's 10 s)
+        ("GET DATA", ("ask", 5000, 16), protocol.PLAYBACK + 17 * protocol.DIGIT_WAIT),
+        ("GET DATA", ("ask", 30_000, 4), protocol.PLAYBACK + 5 * 30),
+        ("GET DATA", ("ask",), None),  # up to 1024 keys
+        ("EXEC", ("Dial", "Local/1@x", "60"), None),  # the whole call
+        ("GOSUB", ("ctx", "s", "1"), None),
+    ],
+)
+def test_reply_allowance(name, args, seconds):
+    assert reply_allowance(name, args) == seconds
 
 
 def test_raise_for_reply_maps_codes():

@@ -5,7 +5,15 @@ import logging
 
 import pytest
 
-from ivr.agi import AgiCommandFailed, AgiHangup, AgiServer, AgiSession
+from ivr.agi import (
+    AgiCommandFailed,
+    AgiHangup,
+    AgiProtocolError,
+    AgiServer,
+    AgiSession,
+    AgiTimeout,
+    protocol,
+)
 from ivr.flows.hello import hello
 from ivr.testing.fake_asterisk import FakeAsterisk, default_rule, header_block
 
@@ -264,3 +272,207 @@ def test_header_block_helper_is_well_formed():
 
     env = HeaderParser().feed(header_block("hello", uniqueid="9.9"))
     assert env is not None and env.route == "hello" and env.uniqueid == "9.9"
+
+
+# ------------------------------------------------------------------ hostile peers
+
+
+async def open_held(port: int, data: bytes = b"agi_network: yes\n"):
+    """A connection that sent part of a header block and stays open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    return reader, writer
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 5) -> bool:
+    """Whether the server closes the connection (EOF or reset) within ``timeout``."""
+    try:
+        await asyncio.wait_for(reader.read(), timeout)
+    except ConnectionError:
+        pass
+    return True
+
+
+async def wait_until(predicate, timeout: float = 5) -> None:
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_connections_beyond_the_limit_are_closed_at_once(make_server, caplog):
+    server = await make_server({"hello": hello}, max_connections=2, header_timeout=30)
+    caplog.set_level(logging.WARNING, "ivr.agi.server")
+    held = [await open_held(server.port) for _ in range(2)]
+    await wait_until(lambda: server.connections == 2)
+    extra = [await open_held(server.port) for _ in range(5)]
+    for reader, _ in extra:  # well before the 30 s header timeout
+        assert await closed_by_server(reader, timeout=5)
+    assert server.stats.refused_busy == 5 and server.stats.refused == 5
+    assert server.stats.accepted == 2 and server.connections == 2
+    # One log line for the burst, not one per connection.
+    assert len([r for r in caplog.records if "refused" in r.getMessage()]) == 1
+    for _, writer in held + extra:
+        writer.close()
+    await wait_until(lambda: server.connections == 0)
+    commands = await FakeAsterisk("127.0.0.1", server.port).run_call("hello")
+    assert commands[-1] == "HANGUP"  # room again once they closed
+
+
+async def test_refusal_burst_is_summarised(make_server, caplog):
+    server = await make_server({"hello": hello}, max_connections=1)
+    server.refusal_log_window = 0.2
+    caplog.set_level(logging.WARNING, "ivr.agi.server")
+    _, holder = await open_held(server.port)
+    await wait_until(lambda: server.connections == 1)
+    for _ in range(4):
+        reader, writer = await open_held(server.port)
+        assert await closed_by_server(reader)
+        writer.close()
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    await wait_until(lambda: len(lines()) == 2)
+    assert "3 more AGI connection(s)" in lines()[1] and "over the limit" in lines()[1]
+    holder.close()
+
+
+async def test_peer_outside_allowed_hosts_is_closed_without_reading(make_server):
+    server = await make_server({"hello": hello}, allowed_hosts="10.9.9.0/24, 192.0.2.1")
+    fake = FakeAsterisk("127.0.0.1", server.port)
+    assert await fake.run_call("hello") == []  # closed before any command
+    assert server.stats.refused_peer == 1 and server.stats.refused == 1
+    assert server.stats.accepted == 0 and server.connections == 0
+    assert "not an allowed host" in server.stats.refusals[0]
+    allowed = await make_server({"hello": hello}, allowed_hosts="127.0.0.1")
+    assert (await FakeAsterisk("127.0.0.1", allowed.port).run_call("hello"))[-1] == "HANGUP"
+
+
+def test_allowed_hosts_parsing():
+    from ivr.agi.server import _peer_allowed, parse_networks
+    from ivr.config import ConfigError, load_settings
+
+    loopback = parse_networks(load_settings(environ={}).agi_allowed_hosts)
+    assert _peer_allowed(("127.0.0.1", 4573), loopback)
+    assert _peer_allowed(("::1", 4573, 0, 0), loopback)
+    assert _peer_allowed(("::ffff:127.0.0.2", 4573, 0, 0), loopback)  # dual-stack socket
+    assert not _peer_allowed(("192.0.2.1", 4573), loopback)
+    assert not _peer_allowed(None, loopback)
+    with pytest.raises(ValueError, match="'10.0.0.300'"):
+        parse_networks("10.0.0.1, 10.0.0.300")
+    with pytest.raises(ConfigError, match="agi_allowed_hosts"):
+        load_settings(environ={"IVR_AGI_ALLOWED_HOSTS": "asterisk.local"})
+    with pytest.raises(ConfigError, match="agi_max_connections"):
+        load_settings(environ={"IVR_AGI_MAX_CONNECTIONS": "0"})
+
+
+async def test_oversized_header_is_refused_before_the_timeout(make_server):
+    server = await make_server({"hello": hello}, header_timeout=30)
+    line = b"agi_x%03d: " + b"a" * 7000 + b"\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for i in range(195):
+            writer.write(line % i)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    assert await closed_by_server(reader)
+    writer.close()
+    assert server.stats.refused == 1
+    assert "header block too large" in server.stats.refusals[0]
+
+
+async def answer_with(port: int, first: bytes, more: bytes, limit: int) -> int:
+    """Call the ``r`` route; answer its first command with ``first``, then ``more`` again
+    and again until the server closes or ``limit`` bytes went. Returns the bytes sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(header_block("r"))
+    await reader.readline()
+    writer.write(first)
+    closed = asyncio.create_task(closed_by_server(reader, timeout=30))
+    sent = 0
+    try:
+        while sent < limit and not closed.done():
+            writer.write(more)
+            await writer.drain()
+            sent += len(more)
+            await asyncio.sleep(0)  # let the EOF be seen
+    except ConnectionError:
+        pass
+    await closed
+    writer.close()
+    return sent
+
+
+@pytest.mark.parametrize(
+    "more",
+    [
+        pytest.param(b" Usage: X <a> <b>\n" * 512, id="endless 520 usage"),
+        pytest.param(b"x" * 8192, id="line without newline"),
+    ],
+)
+async def test_endless_520_reply_ends_the_session(make_server, caplog, more):
+    ended: list[BaseException] = []
+
+    async def route(call: AgiSession) -> None:
+        try:
+            await call.command("STREAM FILE", "only-one-arg")
+        except Exception as exc:
+            ended.append(exc)
+            raise
+        await call.hangup()
+
+    server = await make_server({"r": route})
+    caplog.set_level(logging.WARNING, "ivr.agi")
+    first = b"520-Invalid command syntax.  Proper usage follows:\n"
+    sent = await answer_with(server.port, first, more, limit=4 << 20)
+    await server.wait_idle()
+    assert sent < 1 << 20  # the server hung up long before 4 MB
+    assert len(ended) == 1 and isinstance(ended[0], AgiProtocolError)
+    assert server.stats.failed == 1
+    assert not any(r.exc_info for r in caplog.records)  # one line, no traceback
+
+
+async def test_silent_peer_ends_the_session_after_the_command_allowance(make_server,
+                                                                        monkeypatch):
+    """Asterisk answers SET VARIABLE in milliseconds: a peer that says nothing is cut after
+    QUICK_REPLY, not after command_timeout (3600 s)."""
+    monkeypatch.setattr(protocol, "QUICK_REPLY", 0.2)
+    outcome: list[BaseException] = []
+
+    async def route(call: AgiSession) -> None:
+        try:
+            await call.set_variable("X", "1")
+        except AgiHangup as exc:
+            outcome.append(exc)
+            with pytest.raises(AgiHangup, match="session ended"):  # even a dead_ok command
+                await call.get_variable("DIALSTATUS", dead_ok=True)
+            raise
+
+    server = await make_server({"r": route})
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(header_block("r"))
+    assert await reader.readline() == b'SET VARIABLE "X" "1"\n'
+    assert await closed_by_server(reader, timeout=5)  # the server closed it
+    writer.close()
+    await server.wait_idle()
+    assert len(outcome) == 1 and isinstance(outcome[0], AgiTimeout)
+    assert server.stats.timed_out == 1 and server.stats.hung_up == 1
+
+
+async def test_memory_is_released_after_a_flood(make_server, monkeypatch):
+    from ivr.agi import server as server_module
+
+    monkeypatch.setattr(server_module, "TRIM_PEAK", 4)
+    monkeypatch.setattr(server_module, "TRIM_DELAY", 0)
+    server = await make_server({"hello": hello})
+    held = [await open_held(server.port) for _ in range(4)]
+    await wait_until(lambda: server.connections == 4)
+    assert server.stats.memory_trims == 0
+    for _, writer in held:
+        writer.close()
+    await wait_until(lambda: server.stats.memory_trims == 1)
+    assert server.connections == 0

@@ -23,7 +23,7 @@ from ivr.db.migrate import upgrade
 from ivr.db.models import Account, Cdr, Reservation, ReservationStatus
 from ivr.ledger import Grant, Ledger
 from ivr.rating import MAX_CALL_SECONDS
-from ivr.recovery import Recovery, RecoveryReport
+from ivr.recovery import FORGET_CHANNEL, Recovery, RecoveryReport
 from ivr.testing.access import CardInHand, create_test_plan, new_card
 
 # --------------------------------------------------------------------------- outcomes
@@ -137,6 +137,10 @@ class FakeAmi:
         return lambda: None
 
     async def action(self, name: str, **headers: Any) -> Any:
+        if name == "Originate" and headers.get("Channel") == FORGET_CHANNEL:
+            # What the ivr-forget context does (dialplan/ivr-access.conf).
+            assert headers["Variable"].startswith("__IVR_FORGET=")
+            name, headers = "forget", {"Key": headers["Variable"].split("=", 1)[1]}
         self.actions.append((name, headers))
         if name in self.fail:
             raise self.fail[name]
@@ -157,9 +161,9 @@ class FakeAmi:
             # panoramisk returns the whole event list unless told as_list=False (a reply
             # with "EventList: start" is a list by itself).
             return reply[0] if headers.get("as_list") is False else reply
-        if name == "DBDel":
-            self.astdb.pop((headers["Family"], headers["Key"]), None)
-            return {"Response": "Success", "Message": "Key deleted successfully"}
+        if name == "forget":
+            self.astdb.pop((ASTDB_FAMILY, headers["Key"]), None)
+            return {"Response": "Success", "Message": "Originate successfully queued"}
         if name == "Getvar":
             channel = headers["Channel"]
             if channel not in self.channels:
@@ -243,9 +247,9 @@ async def test_answered_call_is_settled_once(db, ledger, card, ami, recovery):
     assert (row.billable_seconds, row.cost, row.reservation_id) == (
         7, Decimal("0.07"), grant.reservation_id)
     assert row.hangup_cause == "recovered: ANSWER"
-    assert ("DBDel", {"Family": ASTDB_FAMILY, "Key": key}) in ami.actions
+    assert ("forget", {"Key": key}) in ami.actions
     assert (ASTDB_FAMILY, key) not in ami.astdb
-    assert ami.names().index("DBDel") > ami.names().index("DBGet")
+    assert ami.names().index("forget") > ami.names().index("DBGet")
 
     # A second sweep finds nothing open, asks Asterisk nothing and charges nothing.
     ami.actions.clear()
@@ -277,7 +281,7 @@ async def test_unanswered_call_is_released(db, ledger, card, ami, recovery, reco
     row = cdr(db, key)
     assert (row.billable_seconds, row.cost) == (0, Decimal(0))
     assert row.hangup_cause == f"recovered: {CallOutcome.parse(record).dial_status}"
-    assert ("DBDel", {"Family": ASTDB_FAMILY, "Key": key}) in ami.actions
+    assert ("forget", {"Key": key}) in ami.actions
     assert await recovery.recover_once() == type(report)()
 
 
@@ -319,7 +323,7 @@ async def test_live_channel_is_left_alone(db, ledger, card, ami, recovery):
     report = await recovery.recover_once()
     assert (report.settled, report.released, report.live) == ([], [], [key])
     assert state(db, grant) == (ReservationStatus.ACTIVE, Decimal("1.00"), grant.amount)
-    assert "DBDel" not in ami.names()
+    assert "forget" not in ami.names()
     # When it ends, Asterisk's hang-up handler records it and the next sweep settles it.
     del ami.channels["PJSIP/in-00000006"]
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,42000"
@@ -390,11 +394,11 @@ async def test_ami_error_postpones_that_call_only(db, ledger, card, ami, recover
     assert state(db, grant)[0] is ReservationStatus.ACTIVE
 
 
-async def test_failed_dbdel_still_settles(db, ledger, card, ami, recovery):
+async def test_failed_forget_still_settles(db, ledger, card, ami, recovery):
     key = "1700000000.11-1"
     grant = reserve(ledger, card, key)
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,2000"
-    ami.fail["DBDel"] = AmiError("DBDel: no reply within 5s")
+    ami.fail["forget"] = AmiError("Originate: no reply within 5s")
     report = await recovery.recover_once()
     assert report.settled == [key]
     assert state(db, grant)[0] is ReservationStatus.SETTLED

@@ -13,6 +13,7 @@ from ivr.numbers import (
     keypad_digits,
     normalise,
     normalise_callerid,
+    plausible_callerid,
 )
 
 
@@ -114,6 +115,67 @@ def test_an_international_callerid_is_never_read_as_a_national_number():
 )
 def test_normalise_callerid_none(callerid):
     assert normalise_callerid(callerid, "US") is None
+
+
+@pytest.mark.parametrize(
+    "callerid",
+    [
+        "1555,0001&Local/123@default",  # the digits alone are 15550001123
+        "1555,0001&Local/123",
+        "15550001123&Local/1@x",
+        "15550001123,20",  # Dial's timeout argument
+        "15550001123/n",
+        "15550001123@example.com",
+        "sip:15550001123@example.com",
+        "tel:+15550001123",
+        "15550001123;user=phone",
+        "15550001123 ext 5",
+        "1-800-FLOWERS",  # a vanity number spells digits phonenumbers would read
+        "+1555000112x3",
+        "15550001123#",
+        "*15550001123",
+        "1+5550001123",  # a + only at the start
+        "++15550001123",
+        "1555\t0001123",
+        "1555_0001123",
+        "[1555]0001123",
+        "1555'0001123",
+        '"15550001123"',
+        "<15550001123>",
+        "１５５５０００１１２３",  # full-width digits
+        "١٥٥٥٠٠٠١١٢٣",  # Arabic-Indic digits
+        "1" + " " * 40 + "5550001123",  # too long with its separators
+    ],
+    ids=repr,
+)
+def test_a_malformed_callerid_is_withheld(callerid):
+    assert not plausible_callerid(callerid)
+    assert normalise_callerid(callerid, "US") is None
+
+
+@pytest.mark.parametrize(
+    ("callerid", "e164"),
+    [
+        ("15550001123", "15550001123"),
+        ("+1 555 000 1123", "15550001123"),
+        ("+1-555-000-1123", "15550001123"),
+        ("1.555.000.1123", "15550001123"),
+        ("(555) 000-1123", "15550001123"),
+        ("  5550001123  ", "15550001123"),
+    ],
+)
+def test_a_callerid_written_like_a_number_is_read(callerid, e164):
+    assert plausible_callerid(callerid)
+    assert normalise_callerid(callerid, "US") == e164
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=40))
+def test_a_callerid_is_read_only_when_it_is_digits_and_separators(callerid):
+    if normalise_callerid(callerid, "US") is None:
+        return
+    rest = callerid.strip().removeprefix("+")
+    assert rest and all(ch in "0123456789 ().-" for ch in rest)
 
 
 KEYPAD = st.text(alphabet="0123456789*#", max_size=MAX_DIGITS + 4)
