@@ -191,15 +191,8 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back on any error."""
-        try:
-            with self._write_lock(), self._sessions.begin() as session:
-                yield session
-        except OperationalError as exc:
-            if _is_unavailable(exc):
-                raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
-            raise
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        with _unavailable_as_such(), self._write_lock(), self._sessions.begin() as session:
+            yield session
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -207,16 +200,9 @@ class Database:
         deck) done outside any unit of work: on SQLite a deferred BEGIN, which reads one
         WAL snapshot while writers go on (no write lock, in SQLite or in this process);
         on PostgreSQL READ ONLY at REPEATABLE READ (one snapshot, no row locks)."""
-        engine = self._read_engine
-        try:
-            with Session(engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        except OperationalError as exc:
-            if _is_unavailable(exc):
-                raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
-            raise
-        except PoolTimeout as exc:
-            raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
+        with (_unavailable_as_such(),
+              Session(self._read_engine, expire_on_commit=False) as session, session.begin()):
+            yield session
 
     @functools.cached_property
     def _read_engine(self) -> Engine:
@@ -268,6 +254,20 @@ def lock_account(session: Session, account_id: int) -> Account:
     if account is None:
         raise LookupError(f"no account {account_id}")
     return account
+
+
+@contextmanager
+def _unavailable_as_such() -> Iterator[None]:
+    """Raise :class:`DatabaseUnavailable` for errors meaning the database cannot be used
+    now (as opposed to a bad statement)."""
+    try:
+        yield
+    except OperationalError as exc:
+        if _is_unavailable(exc):
+            raise DatabaseUnavailable(f"database unavailable: {exc.orig}") from exc
+        raise
+    except PoolTimeout as exc:
+        raise DatabaseUnavailable(f"database unavailable: {exc}") from exc
 
 
 def _is_unavailable(exc: OperationalError) -> bool:
