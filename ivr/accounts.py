@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .cli_common import money
 from .db import Database
 from .db.models import Account, AccountStatus, Card, CardStatus, EntryKind, LedgerEntry
 from .ledger import LedgerError, credit
@@ -88,6 +89,7 @@ class IssuedCard:
     balance: Decimal
     currency: str
     expires_on: date | None
+    decimals: int = 2  # the plan's: the balance is written as everywhere (5 -> 5.00)
 
 
 def issue_cards(
@@ -135,7 +137,7 @@ def issue_cards(
                 created_at=datetime.now(UTC),
             ))
             issued.append(IssuedCard(number, pins[i], owner.number, owner.balance,
-                                     owner.currency, expires_on))
+                                     owner.currency, expires_on, owner.plan.decimals))
         s.flush()
         _write_card_file(out, issued)
     return issued
@@ -155,7 +157,8 @@ def _write_card_file(out: Path, cards: list[IssuedCard]) -> None:
         writer = csv.writer(f)
         writer.writerow(["card_number", "pin", "account", "balance", "currency", "expires_on"])
         for c in cards:
-            writer.writerow([c.number, c.pin, c.account, c.balance, c.currency,
+            writer.writerow([c.number, c.pin, c.account, money(c.balance, c.decimals),
+                             c.currency,
                              c.expires_on.isoformat() if c.expires_on else ""])
 
 

@@ -12,10 +12,12 @@ connection can never let a call run unpaid. :meth:`CallController.extend` moves 
 during a call (AMI ``Setvar`` of ``TIMEOUT(absolute)``, to the millisecond).
 
 Holds: a call reserves at most ``reservation_hold`` seconds of its account's balance at a
-time (ivr.ledger, ``hold``). Before a hold runs out the controller renews it from what
-the balance, less the other calls' holds, still buys, and moves the limit; the warnings
-are planned once a hold covers all the money left. So cards sharing an account can call
-at once and together never spend more than the balance.
+time (ivr.ledger, ``hold``; a share of what is not held while other cards of the account
+are idle). Before a hold runs out (halfway through a short one) the controller renews it
+from what the balance, less the other calls' holds, still buys, and moves the limit. The
+warnings are planned from what all that money buys, not from the hold, and planned again
+at each renewal. So cards sharing an account can call at once and together never spend
+more than the balance.
 
 Calls that outlive this server are settled or adopted by :mod:`ivr.recovery`.
 """
@@ -56,6 +58,7 @@ class LiveCall:
     callerid: str | None = None
     auto_recharge: bool = False  # the account has it set (Grant.auto_recharge)
     hold: int = 0  # seconds held at a time, renewed as the call goes on; 0: no renewal
+    held_at: float = 0.0  # seconds after answer when the present grant was made
     affordable: int = 0  # seconds from answer the money bought at the last look
     adopted: bool = False  # its flow died with an earlier server: recovery settles it
     dest_channel: str = ""
@@ -223,14 +226,17 @@ class CallController:
 
     def renewal_at(self, call: LiveCall) -> float | None:
         """When, in seconds after answer, the call's hold is renewed; None when the hold
-        covers all the money bought at the last look (the warnings are planned then)."""
+        covers all the money bought at the last look. A short hold (a share of a small
+        balance) is renewed halfway through, so a renewal never takes at once what other
+        cards of the account could still start a call with."""
         if not call.hold or call.affordable <= call.granted:
             return None
-        lead = min(self.low_balance_warning + RENEW_MARGIN, call.hold / 2)
+        lead = min(self.low_balance_warning + RENEW_MARGIN, (call.granted - call.held_at) / 2)
         return max(0.0, call.granted - lead)
 
     def _plan(self, call: LiveCall) -> None:
-        """Plan the call's next step from its grant: renew its hold, or warn the caller."""
+        """Plan the call's next steps: renew its hold, and warn the caller before what
+        all the money bought at the last look runs out."""
         call.cancel_plan()
         if call.answered_at is None:
             return
@@ -241,13 +247,15 @@ class CallController:
             call._timers.append(loop.call_later(
                 max(0.0, renew_at - elapsed), lambda: asyncio.ensure_future(self._renew(call))
             ))
-            return
-        for kind, at in self.warning_times(call.granted):
+        total = max(call.affordable, call.granted)
+        whispered = {kind for kind, _ in call.whispers}
+        for kind, at in self.warning_times(total):
             delay = at - elapsed
             if delay < 0:
-                # Learned late (a renewal found the money short): warn now if there is time.
-                if kind != "warning" or (
-                    call.granted - elapsed < self.final_warning + MIN_WARNING_GAP
+                # Learned late (a renewal found the money short): warn now if there is
+                # time and it was not said already.
+                if kind != "warning" or kind in whispered or (
+                    total - elapsed < self.final_warning + MIN_WARNING_GAP
                 ):
                     continue
                 delay = 0
@@ -257,7 +265,7 @@ class CallController:
 
     async def whisper(self, call: LiveCall, kind: str) -> None:
         """Whisper a warning to the caller's leg only (ChanSpy in whisper mode)."""
-        left = self.seconds_left(call)
+        left = self.seconds_affordable(call)
         if self.ami is None or call.answered_at is None:
             return
         call.whispers.append((kind, self.now() - call.answered_at))
@@ -346,6 +354,7 @@ class CallController:
                 raise AmiError("no AMI connection to move the call's limit")
             await self._set_limit(call, granted - (self.now() - call.answered_at))
         call.granted = granted
+        call.held_at = self._elapsed(call)
         self._plan(call)
 
     def next_hold(self, call: LiveCall) -> int | None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
+import io
 import json
 import logging
 import signal
@@ -66,6 +68,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     from .servers import Lease, LeaseRefused, keep_lease
 
     runtime.set_settings(settings)  # routes read the process settings from here
+    await asyncio.to_thread(_check_prompts)
     ledger = await asyncio.to_thread(runtime.get_ledger)  # may migrate an SQLite file
     # One server per database: a second one would take this one's live calls for a dead
     # server's (ivr.servers).
@@ -128,6 +131,21 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     return 0
 
 
+def _check_prompts() -> None:
+    """Log an error naming the command when voice prompts have no audio (a bare
+    `ivr serve` against an instance whose prompts were never built)."""
+    from . import prompts
+    from .asterisk import AsteriskSetupError
+    from .prompts.build import missing_message
+
+    try:
+        message = missing_message(prompts.get_store(), prompts.get_catalogue())
+    except (AsteriskSetupError, prompts.CatalogueError, prompts.ManifestError, OSError) as exc:
+        message = f"voice prompts cannot be checked ({exc}): run `ivr prompts build`"
+    if message:
+        log.error("%s", message)
+
+
 async def _keep_ami_connected(ami: object) -> None:
     """Connect to AMI, retrying until it answers; panoramisk reconnects after that.
     Without AMI calls still work and end at their limit; only warnings and recovery wait."""
@@ -166,7 +184,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     settings = _with_ami_secret(settings)
     instance = instance_for(settings)
     was_running = instance.running()
-    instance.start()
+    instance.start(prompts=True)
     console = " ".join(instance.install.argv("-C", instance.conf_file, "-r"))
     print(f"ivr: Asterisk ({instance.install.kind}) up, AMI on "
           f"{settings.ami_host}:{settings.ami_port}; its console: {console}", flush=True)
@@ -193,7 +211,7 @@ def cmd_asterisk(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.action == "up":
             instance = instance_for(settings)
-            instance.start(timeout=args.timeout)
+            instance.start(timeout=args.timeout, prompts=True)  # builds missing prompts
             info = instance.status()
             _print_status(info, args.json)
             return 0
@@ -209,8 +227,9 @@ def cmd_asterisk(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "status":
             _print_status({"running": False, "error": str(exc)}, args.json)
             return 3
-        print(f"ivr asterisk {args.action}: {exc}", file=sys.stderr)
-        return 1
+        from .cli_common import report
+
+        return report(args.json, "asterisk", f"asterisk {args.action}: {exc}")
 
 
 def _print_status(info: dict[str, object], as_json: bool) -> None:
@@ -278,27 +297,52 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_topups import add_commands as add_topup_commands
 
     add_topup_commands(sub)
+    from .cli_reports import add_commands as add_report_commands
+
+    add_report_commands(sub)
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status of a usage error (under --json, reported
+    as a JSON object on stdout like every refusal; argparse's usage stays on stderr)."""
+    from .cli_common import EXIT_USAGE, report
+
+    if "--json" not in argv:
+        return parser.parse_args(argv)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            return parser.parse_args(argv)
+    except SystemExit as exc:
+        text = captured.getvalue()
+        sys.stderr.write(text)
+        if exc.code in (0, None):
+            raise
+        message = text.strip().splitlines()[-1] if text.strip() else "bad arguments"
+        return report(True, "usage", message.replace(": error: ", ": ", 1), EXIT_USAGE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .cli_common import EXIT_USAGE, report
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    parsed = _parse(parser, list(sys.argv[1:] if argv is None else argv))
+    if isinstance(parsed, int):
+        return parsed
+    args = parsed
+    as_json = bool(getattr(args, "json", False))
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        print(f"ivr: {exc}", file=sys.stderr)
-        return 2
+        return report(as_json, "config", str(exc), EXIT_USAGE)
     _setup_logging(settings, args.verbose)
-    if args.func.__module__.endswith("cli_admin"):
-        from .cli_admin import run_admin
-
-        return run_admin(args.func, settings, args)
+    # The command groups (ivr.cli_admin, cli_topups, cli_prompts...) wrap their commands
+    # with ivr.cli_common.command: refusals are one line, or one JSON object under --json.
     try:
         return int(args.func(settings, args) or 0)
     except ConfigError as exc:  # e.g. a refused ami_secret, found when it is first needed
-        print(f"ivr: {exc}", file=sys.stderr)
-        return 2
+        return report(as_json, "config", str(exc), EXIT_USAGE)
 
 
 if __name__ == "__main__":

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .cli_common import EXIT_REFUSED, CommandError, command
+from .cli_common import emit as _emit
 from .config import Settings
 
-EXIT_REFUSED = 1
+__all__ = ["EXIT_REFUSED", "CommandError", "add_commands", "open_store"]
 OPERATOR_PIN_LENGTH = 8
-
-
-class CommandError(Exception):
-    """A refused command: printed as one line on stderr, exit status 1."""
-
-
-def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str, ensure_ascii=False))
-    else:
-        print(text)
 
 
 def _langs(text: str) -> tuple[str, ...]:
@@ -48,7 +38,7 @@ def open_store(settings: Settings, store_dir: Path | None = None):  # -> PromptS
     try:
         return PromptStore.for_instance(instance_for(settings, build=False))
     except AsteriskSetupError as exc:
-        raise CommandError(f"{exc} (or give --store DIR)") from None
+        raise CommandError(f"{exc} (or give --store DIR)", "asterisk") from None
 
 
 # --------------------------------------------------------------------------- prompts
@@ -93,7 +83,7 @@ def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
                      "source": version.source},
               f"{args.id} ({lang}): version {version.version} ({version.source}) is current")
         return 0
-    raise CommandError(f"unknown action {action}")
+    raise CommandError(f"unknown action {action}", "usage", 2)
 
 
 def _status(catalogue, store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
@@ -169,9 +159,9 @@ def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "add":
             name = args.name.strip()
             if not name or len(name) > 64:
-                raise CommandError("an operator name is 1-64 characters")
+                raise CommandError("an operator name is 1-64 characters", "bad_argument")
             if s.scalar(select(Operator.id).where(Operator.name == name)) is not None:
-                raise CommandError(f"operator {name!r} already exists")
+                raise CommandError(f"operator {name!r} already exists", "exists")
             others = s.scalars(select(Operator.pin_hash).where(Operator.active)).all()
             while True:  # PINs alone identify operators: never hand out one in use
                 pin = new_pin(OPERATOR_PIN_LENGTH)
@@ -185,7 +175,7 @@ def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "disable":
             op = s.scalar(select(Operator).where(Operator.name == args.name))
             if op is None:
-                raise CommandError(f"no operator {args.name!r}")
+                raise CommandError(f"no operator {args.name!r}", "not_found")
             op.active = False
             _emit(args, {"name": op.name, "active": False}, f"operator {op.name} disabled")
             return 0
@@ -201,29 +191,6 @@ def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _run(func: Any) -> Any:
-    """Wrap a command so refusals become one clear line on stderr and exit status 1."""
-
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        from .asterisk import AsteriskSetupError
-        from .db import DatabaseUnavailable
-        from .db.migrate import SchemaOutOfDate
-        from .prompts import CatalogueError, ManifestError, UnknownPrompt
-        from .prompts.audio import AudioError
-
-        try:
-            return int(func(settings, args) or 0)
-        except UnknownPrompt as exc:
-            print(f"ivr: {exc}", file=sys.stderr)
-        except (CommandError, CatalogueError, ManifestError, AudioError, AsteriskSetupError,
-                DatabaseUnavailable, SchemaOutOfDate) as exc:
-            print(f"ivr: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
-
-    run.__name__ = func.__name__
-    return run
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -231,7 +198,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        help="prompt store directory (default: the Asterisk instance's)")
         p.add_argument("--catalogue", type=Path, metavar="FILE",
                        help="catalogue file (default: prompts/catalogue.toml)")
-        p.set_defaults(func=_run(cmd_prompts))
+        p.set_defaults(func=command(cmd_prompts))
         return p
 
     prompts = sub.add_parser("prompts", help="voice prompts: build, import, status, restore")
@@ -268,4 +235,4 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         if name != "list":
             p.add_argument("name")
         p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=_run(cmd_operators))
+        p.set_defaults(func=command(cmd_operators))

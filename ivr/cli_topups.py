@@ -5,33 +5,21 @@ never shown: only the last four digits exist."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
 
-from .cli_admin import CommandError, _emit, _money, open_db, run_admin
+from .cli_admin import _money, _whole, open_db
+from .cli_common import CommandError, command, money
+from .cli_common import emit as _emit
 from .config import Settings
-from .db.models import Account, Payment
-from .db.types import display
-
-Command = Callable[[Settings, argparse.Namespace], int]
+from .db.models import Account, Payment, RatingPlan
 
 
-def _admin(func: Command) -> Command:
-    """Run through cli_admin's error handling (refusals are one line, exit status 1)."""
-
-    def run(settings: Settings, args: argparse.Namespace) -> int:
-        return run_admin(func, settings, args)
-
-    run.__name__ = func.__name__
-    return run
-
-
-def _amount(value: Decimal | None) -> str | None:
-    return None if value is None else display(value)
+def _amount(value: Decimal | None, decimals: int) -> str | None:
+    return None if value is None else money(value, decimals)
 
 
 # --------------------------------------------------------------------------- auto-recharge
@@ -72,11 +60,11 @@ def cmd_auto_recharge(settings: Settings, args: argparse.Namespace) -> int:
         if account.auto_recharge_threshold is None:
             text = f"account {account.number}: auto-recharge off"
         else:
-            cap = (f", at most {display(account.auto_recharge_daily_cap)} a day"
+            cap = (f", at most {data['daily_cap']} a day"
                    if account.auto_recharge_daily_cap is not None else ", no daily cap")
             text = (f"account {account.number}: auto-recharge "
-                    f"{display(account.auto_recharge_amount)} {account.currency} when the "
-                    f"balance falls below {display(account.auto_recharge_threshold)}{cap}")
+                    f"{data['amount']} {account.currency} when the "
+                    f"balance falls below {data['threshold']}{cap}")
             text += (f"; charged to {method.brand or 'card'} ...{method.last4}" if method else
                      "; no payment method linked yet (one is saved by a card top-up in a "
                      "call), so nothing will be charged until then")
@@ -85,11 +73,12 @@ def cmd_auto_recharge(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _auto_dict(a: Account) -> dict[str, Any]:
+    decimals = a.plan.decimals
     return {"account": a.number, "currency": a.currency,
             "auto_recharge": a.auto_recharge_threshold is not None,
-            "threshold": _amount(a.auto_recharge_threshold),
-            "amount": _amount(a.auto_recharge_amount),
-            "daily_cap": _amount(a.auto_recharge_daily_cap)}
+            "threshold": _amount(a.auto_recharge_threshold, decimals),
+            "amount": _amount(a.auto_recharge_amount, decimals),
+            "daily_cap": _amount(a.auto_recharge_daily_cap, decimals)}
 
 
 # --------------------------------------------------------------------------- notices
@@ -126,7 +115,8 @@ def cmd_notices(settings: Settings, args: argparse.Namespace) -> int:
             account.low_balance_notice = args.below
             reset_notice_if_topped_up(s, account)
         data = {"account": account.number, "currency": account.currency,
-                "below": _amount(account.low_balance_notice), "email": account.email,
+                "below": _amount(account.low_balance_notice, account.plan.decimals),
+                "email": account.email,
                 "sms": account.sms_number,
                 "notified_at": account.low_balance_notified_at}
         if account.low_balance_notice is None:
@@ -134,7 +124,7 @@ def cmd_notices(settings: Settings, args: argparse.Namespace) -> int:
         else:
             where = " and ".join(x for x in (account.email, account.sms_number) if x)
             text = (f"account {account.number}: notice when the balance falls below "
-                    f"{display(account.low_balance_notice)} {account.currency}, to "
+                    f"{data['below']} {account.currency}, to "
                     f"{where or 'nobody yet (give --email or --sms)'}")
             if account.low_balance_notified_at is not None:
                 text += " (sent; again after a top-up)"
@@ -150,16 +140,18 @@ def cmd_payments(settings: Settings, args: argparse.Namespace) -> int:
 
     db = open_db(settings)
     with db.transaction() as s:
-        query = (select(Payment, Account.number).join(Account, Account.id == Payment.account_id)
+        query = (select(Payment, Account.number, RatingPlan.decimals)
+                 .join(Account, Account.id == Payment.account_id)
+                 .join(RatingPlan, RatingPlan.id == Account.plan_id)
                  .order_by(Payment.id.desc()).limit(args.limit))
         if args.account:
             query = query.where(Payment.account_id == find_account(s, args.account).id)
         rows = [{"payment_id": p.payment_id, "at": p.created_at.replace(tzinfo=UTC)
                  if p.created_at.tzinfo is None else p.created_at,
-                 "account": number, "source": p.source, "amount": display(p.amount),
+                 "account": number, "source": p.source, "amount": money(p.amount, decimals),
                  "currency": p.currency, "status": p.status, "last4": p.last4,
                  "reason": p.reason}
-                for p, number in s.execute(query).all()]
+                for p, number, decimals in s.execute(query).all()]
     text = "\n".join(
         f"{r['at']:%Y-%m-%d %H:%M:%S} {r['account']:12} {r['source']:6} "
         f"{r['amount']:>10} {r['currency']} {r['status']:8} ...{r['last4'] or '----'}  "
@@ -178,9 +170,16 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     older = timedelta(seconds=settings.payment_reconcile_after
                       if args.older_than is None else args.older_than)
     decided = asyncio.run(reconcile(db, gateway_from_settings(settings), older_than=older))
+    with db.transaction() as s:  # each amount with its account's plan's decimals
+        places = dict(s.execute(
+            select(Payment.payment_id, RatingPlan.decimals)
+            .join(Account, Account.id == Payment.account_id)
+            .join(RatingPlan, RatingPlan.id == Account.plan_id)
+            .where(Payment.payment_id.in_([r.payment_id for r in decided]))).all())
     rows = [{"payment_id": r.payment_id, "verdict": r.verdict.value,
-             "amount": display(r.amount), "last4": r.last4, "reason": r.reason,
-             "balance": display(r.balance)} for r in decided]
+             "amount": money(r.amount, places.get(r.payment_id, 2)), "last4": r.last4,
+             "reason": r.reason, "balance": money(r.balance, places.get(r.payment_id, 2))}
+            for r in decided]
     text = "\n".join(
         f"{r['payment_id']}: {r['verdict']} {r['amount']} ...{r['last4'] or '----'}"
         f"{'  ' + r['reason'] if r['reason'] else ''}" for r in rows)
@@ -204,7 +203,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--daily-cap", type=_money,
                    help="most auto-recharged per UTC day (default: no cap)")
     p.add_argument("--off", action="store_true", help="turn auto-recharge off")
-    p.set_defaults(func=_admin(cmd_auto_recharge))
+    p.set_defaults(func=command(cmd_auto_recharge))
 
     p = with_json(sub.add_parser("notices", help="low-balance notices by e-mail and SMS"))
     p.add_argument("account")
@@ -212,16 +211,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sms", help="telephone number for notices (\"\" removes it)")
     p.add_argument("--below", type=_money, help="notify when the balance falls below this")
     p.add_argument("--off", action="store_true", help="turn notices off")
-    p.set_defaults(func=_admin(cmd_notices))
+    p.set_defaults(func=command(cmd_notices))
 
     payments = sub.add_parser("payments", help="card payments (top-ups)").add_subparsers(
         dest="action", required=True)
     p = with_json(payments.add_parser("list", help="recent payments, newest first"))
     p.add_argument("--account", help="only this account's")
-    p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(func=_admin(cmd_payments))
+    p.add_argument("--limit", type=_whole, default=50)
+    p.set_defaults(func=command(cmd_payments))
     p = with_json(payments.add_parser(
         "reconcile", help="settle pending or timed-out payments with the gateway"))
     p.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
                    help="only payments at least this old (default: payment_reconcile_after)")
-    p.set_defaults(func=_admin(cmd_reconcile))
+    p.set_defaults(func=command(cmd_reconcile))

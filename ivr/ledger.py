@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from .db import Database, lock_account
@@ -44,6 +44,11 @@ from .rating import MAX_CALL_SECONDS, NoRate, Plan, RateTable, max_seconds, quot
 from .rating.snapshot import dump_snapshot, load_snapshot, snapshot_rows
 
 log = logging.getLogger("ivr.ledger")
+
+# Seconds: a capped hold shared with other cards of the account is never sized below this
+# (nor below the first billing block of the call's rate), so holds are renewed at most
+# every few seconds.
+MIN_HOLD = 20
 
 Clock = Callable[[], datetime]
 M = TypeVar("M", bound=Callable[..., Any])
@@ -192,7 +197,9 @@ class Ledger:
     ) -> Grant | Refusal:
         """Reserve what the available balance buys for a call to ``number``, or at most
         ``hold`` seconds of it: several cards of one account can then call at once, each
-        holding a slice that is renewed during the call (seed 002).
+        holding a slice that is renewed during the call (seed 002). While other cards of
+        the account are idle, a capped hold is only a share of what is not held (see
+        ``_held``), so a small balance lets each of them start a call too.
 
         ``call_key`` names the live call (unique): it is the settlement's idempotency key
         and lets a restarted server find how the call ended (ivr.calls).
@@ -224,7 +231,11 @@ class Ledger:
                 return Refusal.NO_RATE
             if affordable <= 0:
                 return Refusal.INSUFFICIENT_FUNDS
-            seconds = _held(affordable, hold)
+            seconds = affordable
+            if hold is not None:
+                floor = _floor(rates.table, rates.plan, number, at, service)
+                seconds = _held(affordable, 0, hold, floor,
+                                _sharers(s, account.id, card_id, at.date(), affordable // floor))
             q = quote(rates.table, rates.plan, number, seconds, at, service)
             snapshot = dump_snapshot(
                 rates.plan, snapshot_rows(rates.table, rates.plan, number, service))
@@ -277,8 +288,14 @@ class Ledger:
             affordable = max(0, max_seconds(
                 table, plan, res.number, budget, rated_at, res.service, limit=limit
             ))
-            # A renewal never takes back time already granted.
-            seconds = _held(affordable, None if hold is None else max(hold, res.seconds))
+            seconds = affordable
+            if hold is not None:
+                # A renewal never takes back time already granted, and takes a share of
+                # what is not held while other cards of the account could start a call.
+                floor = _floor(table, plan, res.number, rated_at, res.service)
+                sharers = _sharers(s, account.id, res.card_id, self.clock().date(),
+                                   (affordable - res.seconds) // floor)
+                seconds = _held(affordable, res.seconds, max(hold, res.seconds), floor, sharers)
             amount = (
                 quote(table, plan, res.number, seconds, rated_at, res.service).cost
                 if seconds
@@ -487,8 +504,42 @@ def _plan_name(s: Session, res: Reservation) -> str:
     return name or ""
 
 
-def _held(affordable: int, hold: int | None) -> int:
-    return affordable if hold is None else min(affordable, max(hold, 1))
+def _held(affordable: int, held: int, hold: int, floor: int, sharers: int) -> int:
+    """Seconds from answer a call holds: what it ``held`` already, plus its share of what
+    the money not held buys beyond that (``affordable``), at most ``hold`` in all. The
+    share is 1/``sharers`` of it (the calls that could still start: this one and the
+    account's idle cards), so a first call leaves the others enough to start; never less
+    than ``floor`` (the first billing block, or MIN_HOLD), when the money buys it."""
+    share = max(floor, -(-(affordable - held) // sharers))
+    return min(affordable, max(hold, 1), held + share)
+
+
+def _floor(table: RateTable, plan: Plan, number: str, at: datetime, service: str) -> int:
+    """The least a shared hold is sized to: MIN_HOLD, or the rate's first billing block
+    (its first increment) when longer."""
+    return max(MIN_HOLD, quote(table, plan, number, 1, at, service).charged_seconds)
+
+
+def _sharers(s: Session, account_id: int, card_id: int | None, today: date, most: int) -> int:
+    """1 + the account's other usable cards not in a call now (each could start one),
+    counted up to ``most`` (more would not shrink a share below the floor)."""
+    if most < 1:
+        return 1
+    busy = select(Reservation.card_id).where(
+        Reservation.account_id == account_id,
+        Reservation.status == ReservationStatus.ACTIVE,
+        Reservation.card_id.is_not(None),
+    )
+    idle = select(Card.id).where(
+        Card.account_id == account_id,
+        Card.status == CardStatus.ACTIVE,
+        or_(Card.expires_on.is_(None), Card.expires_on >= today),
+        Card.id.not_in(busy),
+    )
+    if card_id is not None:
+        idle = idle.where(Card.id != card_id)
+    count = s.scalar(select(func.count()).select_from(idle.limit(most).subquery()))
+    return 1 + (count or 0)
 
 
 def card_usable(card: Card, today: date) -> bool:

@@ -1,16 +1,21 @@
 """Who is calling: a card recognised by caller ID (pinless), or a card number and PIN.
 
-Blocking functions, one transaction each; the access flow runs them in a worker thread.
-Guessing is slowed twice: consecutive wrong PINs lock the card (``pin_max_failures``), and
-wrong PINs or card numbers from one caller ID, on any cards, are counted in
-``auth_failures``; past ``callerid_max_failures`` within ``callerid_failure_window``
-seconds that caller ID is refused until the window has passed. Neither card numbers nor
-PINs are logged: a card appears in logs as its last four digits.
+Blocking functions; the access flow runs them in a worker thread. A card number and its
+PIN are checked together (:func:`log_in`), so a caller learns nothing about a number
+before its right PIN: an unknown number and a wrong PIN are answered alike, after the
+same work (a PIN hash is checked for an unknown number too), and a card's state (locked,
+expired) is told only with the right PIN. Guessing is slowed twice: consecutive wrong PINs
+lock the card (``pin_max_failures``), and wrong PINs or card numbers from one caller ID,
+on any cards, are counted in ``auth_failures``; past ``callerid_max_failures`` within
+``callerid_failure_window`` seconds that caller ID is refused until the window has
+passed. Neither card numbers nor PINs are logged: a card appears in logs as its last
+four digits.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +28,7 @@ from .accounts import count_pin_result, lock_card
 from .db import Database
 from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
 from .ledger import utcnow
-from .secrets import pin_check
+from .secrets import hash_pin, pin_check
 
 log = logging.getLogger("ivr.login")
 
@@ -100,23 +105,33 @@ def throttled(db: Database, callerid: str | None, policy: LoginPolicy,
     return bool(count and count >= policy.callerid_max_failures)
 
 
-def find_card(db: Database, number: str, callerid: str | None,
-              *, now: datetime | None = None) -> LoginResult:
-    """Look a typed card number up; an unknown one counts as a failure of the caller ID."""
+def log_in(db: Database, number: str, pin: str, callerid: str | None, policy: LoginPolicy,
+           *, now: datetime | None = None) -> LoginResult:
+    """Check a typed card number and PIN together.
+
+    A wrong PIN is WRONG_PIN whatever the card's state (the one that locks the card too):
+    it counts against the card and the caller ID. An unknown number is UNKNOWN_CARD after
+    the same work, a PIN checked against a hash of the same cost, and counts against the
+    caller ID only; the caller is to hear the same refusal for both. With the right PIN a
+    card that cannot call is LOCKED or EXPIRED (nothing counted), else OK or EMPTY.
+    """
     now = now or utcnow()
     with db.transaction() as s:
         card = s.scalar(select(Card).where(Card.number == number)) if number else None
-        if card is None:
+        card_id, stored = (card.id, card.pin_hash) if card is not None else (None, _decoy())
+    ok = _pin_ok(pin, stored)
+    if card_id is None:
+        with db.transaction() as s:
             _record_failure(s, callerid, None, now)
-            return LoginResult(Verdict.UNKNOWN_CARD)
-        state = _card_state(s, card, now.date())
-        return LoginResult(state or Verdict.OK, card.id)
+        return LoginResult(Verdict.UNKNOWN_CARD)
+    return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=False)
 
 
 def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, policy: LoginPolicy,
                *, now: datetime | None = None) -> LoginResult:
-    """Check a PIN. A wrong one counts against the card and the caller ID; a right one
-    resets the card's count.
+    """Check the PIN of a card already identified (a logged-in caller confirming a
+    payment). A wrong one counts against the card and the caller ID; a right one resets
+    the card's count. A card that cannot call is told so (its PIN is not checked).
 
     The hash is checked between two short transactions, so the ~60 ms of scrypt never
     holds a database lock. The result is counted under the card's row lock (SELECT ...
@@ -134,21 +149,8 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
         if state is not None:
             return LoginResult(state, card.id)
         stored = card.pin_hash
-    ok = bool(pin) and pin_check(pin, stored)
-    with db.transaction() as s:
-        card = lock_card(s, card_id)
-        state = _card_state(s, card, now.date())  # locked meanwhile by another call
-        if state is not None:
-            return LoginResult(state, card.id)
-        count_pin_result(card, ok, policy.pin_max_failures)
-        if ok:
-            return _usable(s, card, now.date())
-        _record_failure(s, callerid, card.id, now)
-        if card.status is CardStatus.LOCKED:
-            log.warning("card ...%s locked after %d wrong PINs", card.number[-4:],
-                        card.failed_pins)
-            return LoginResult(Verdict.LOCKED, card.id)
-        return LoginResult(Verdict.WRONG_PIN, card.id)
+    ok = _pin_ok(pin, stored)
+    return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=True)
 
 
 def holder(db: Database, card_id: int) -> Cardholder:
@@ -168,6 +170,39 @@ def forget_failures(db: Database, older_than: datetime) -> int:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _pin_ok(pin: str, stored: str) -> bool:
+    return bool(pin) and pin_check(pin, stored)
+
+
+@functools.cache
+def _decoy() -> str:
+    """A PIN hash of the current cost that no typed PIN is checked against in earnest:
+    an unknown card number's PIN costs what a real card's does."""
+    return hash_pin("0000")
+
+
+def _count_pin(db: Database, card_id: int, ok: bool, callerid: str | None,
+               policy: LoginPolicy, now: datetime, *, tell_state: bool) -> LoginResult:
+    """Count a checked PIN under the card's row lock. A card that cannot call is told so
+    after a right PIN (nothing counted), and after a wrong one only when ``tell_state``;
+    otherwise a wrong PIN is WRONG_PIN and counted, whatever the card's state."""
+    with db.transaction() as s:
+        card = lock_card(s, card_id)
+        state = _card_state(s, card, now.date())  # maybe locked meanwhile by another call
+        if state is not None and (ok or tell_state):
+            return LoginResult(state, card.id)
+        count_pin_result(card, ok, policy.pin_max_failures)
+        if ok:
+            return _usable(s, card, now.date())
+        _record_failure(s, callerid, card.id, now)
+        if state is None and card.status is CardStatus.LOCKED:
+            log.warning("card ...%s locked after %d wrong PINs", card.number[-4:],
+                        card.failed_pins)
+            if tell_state:
+                return LoginResult(Verdict.LOCKED, card.id)
+        return LoginResult(Verdict.WRONG_PIN, card.id)
 
 
 def _card_state(s: Session, card: Card, today: object) -> Verdict | None:

@@ -1,7 +1,10 @@
 """The FastAGI server: accepts connections, reads the header block, runs one route per call.
 
 Like wazo-agid: a handler per script name (``agi://host:4573/<route>``), one task per call.
-Shutdown stops accepting, gives running calls ``grace`` seconds, then cancels them.
+Shutdown stops accepting and hands the callers waiting in a menu (a route that set
+``session.interruptible``) back to the dialplan at once: their route is cancelled, runs its
+``finally`` and the connection closes, so Asterisk goes on with the dialplan (the bridge, for
+the top-up menu). Other calls get ``grace`` seconds to finish, then are cancelled.
 
 Only Asterisk should connect: a peer outside ``allowed_hosts`` is closed before anything is
 read from it, and so is any connection beyond ``max_connections``. Refusals are logged
@@ -50,6 +53,8 @@ REFUSAL_LOG_WINDOW = 10.0
 # a quarter of a peak of at least TRIM_PEAK, malloc_trim() hands the free pages back.
 TRIM_PEAK = 50
 TRIM_DELAY = 1.0
+# During shutdown, how often the sessions are checked for one waiting in a menu.
+HAND_BACK_POLL = 0.1
 
 
 @functools.cache
@@ -99,7 +104,8 @@ class ServerStats:
     refused_busy: int = 0  # closed at once: max_connections already open
     refused_peer: int = 0  # closed at once: the peer is not in allowed_hosts
     timed_out: int = 0  # Asterisk did not answer a command in time (counted in hung_up)
-    cancelled: int = 0  # ended by shutdown
+    cancelled: int = 0  # ended by shutdown after its grace
+    handed_back: int = 0  # ended by shutdown while waiting in a menu (session.interruptible)
     refusals: list[str] = field(default_factory=list)  # the last 100 reasons
     peak_connections: int = 0
     memory_trims: int = 0  # malloc_trim() after a flood
@@ -185,6 +191,8 @@ class AgiServer:
         self.stats = ServerStats()
         self.sessions: set[AgiSession] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._session_tasks: dict[AgiSession, asyncio.Task[None]] = {}
+        self._handing_back: set[AgiSession] = set()
         self._connections = 0  # admitted and not yet closed
         self._peak = 0  # most connections open at once since memory was last trimmed
         self._trim: asyncio.TimerHandle | None = None
@@ -268,6 +276,10 @@ class AgiServer:
         self.stats.accepted += 1
         try:
             await self._handle(reader, writer)
+        except asyncio.CancelledError:
+            # Ended by shutdown (counted and logged in _handle). Not re-raised: asyncio's
+            # StreamReaderProtocol (3.11) logs a traceback for a cancelled connection task.
+            pass
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -305,6 +317,9 @@ class AgiServer:
                 await asyncio.wait_for(session.set_variable("IVR_ERROR", "NOROUTE"), 5)
             return
         self.sessions.add(session)
+        task = asyncio.current_task()
+        if task is not None:
+            self._session_tasks[session] = task
         log.info("[%s] %s call from %r on %s", env.uniqueid, env.route, env.callerid, env.channel)
         try:
             await handler(session)
@@ -316,8 +331,13 @@ class AgiServer:
             self.stats.hung_up += 1
             log.info("[%s] caller hung up: %s", env.uniqueid, exc)
         except asyncio.CancelledError:
-            self.stats.cancelled += 1
-            log.warning("[%s] call cancelled by shutdown", env.uniqueid)
+            if session in self._handing_back:
+                self.stats.handed_back += 1
+                log.info("[%s] %s: handed back to the dialplan by shutdown", env.uniqueid,
+                         env.route)
+            else:
+                self.stats.cancelled += 1
+                log.warning("[%s] call cancelled by shutdown", env.uniqueid)
             raise
         except Exception as exc:
             self.stats.failed += 1
@@ -334,6 +354,8 @@ class AgiServer:
             self.stats.completed += 1
         finally:
             self.sessions.discard(session)
+            self._session_tasks.pop(session, None)
+            self._handing_back.discard(session)
 
     def _refuse(self, reason: str, kind: str) -> None:
         self.stats.refused += 1
@@ -349,20 +371,42 @@ class AgiServer:
     def refusal_log_window(self, seconds: float) -> None:
         self._refusal_log.window = seconds
 
+    def _hand_back(self) -> None:
+        """Cancel the routes waiting on their caller in a menu (see the module doc)."""
+        for session, task in list(self._session_tasks.items()):
+            if session.interruptible and session.waiting and session not in self._handing_back:
+                self._handing_back.add(session)
+                task.cancel()
+
     async def shutdown(self, grace: float = 30.0) -> None:
-        """Stop accepting; let running calls finish for ``grace`` seconds, then end them."""
+        """Stop accepting; hand callers waiting in a menu back to the dialplan at once; let
+        other calls finish for ``grace`` seconds, then end them. Logs one line of what it
+        did."""
         if self._server is not None:
             self._server.close()
             # Not wait_closed(): since 3.12 it waits for every connection to end.
+        before = (self.stats.handed_back, self.stats.cancelled)
         running = set(self._tasks)
+        finished = 0
         if running:
             log.info("waiting up to %ss for %d running call(s)", grace, len(running))
-            _, pending = await asyncio.wait(running, timeout=grace)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            pending = running
+            while pending and loop.time() < deadline:
+                self._hand_back()
+                _, pending = await asyncio.wait(
+                    pending, timeout=min(HAND_BACK_POLL, max(0.0, deadline - loop.time())))
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+            finished = sum(1 for task in running if task.done())
         if self._trim is not None:
             self._trim.cancel()
         self._refusal_log.close()
+        handed_back = self.stats.handed_back - before[0]
+        cancelled = self.stats.cancelled - before[1]
+        log.info("shutdown: %d call(s) handed back to the dialplan, %d cancelled, %d finished",
+                 handed_back, cancelled, max(0, finished - handed_back - cancelled))
         log.info("FastAGI server stopped")

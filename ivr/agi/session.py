@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator
+from time import monotonic
 from typing import Any
 
 from .protocol import (
@@ -29,6 +30,9 @@ from .protocol import (
 log = logging.getLogger("ivr.agi")
 
 READ_CHUNK = 4096
+# A "#" this soon (seconds) after an entry that ended at its length (the expiry's fourth
+# digit) ends that entry, typed by habit: it is not an empty answer to the next prompt.
+LATE_END_KEY = 2.0
 
 
 class AgiSession:
@@ -50,7 +54,11 @@ class AgiSession:
         self._pending: list[Reply] = []
         self._command_timeout = command_timeout
         self.broken: str | None = None  # why the session can no longer be used
+        # Set by a route while it only waits on the caller (a menu): a server shutting
+        # down ends such a route at once, when it is in a command (AgiServer.shutdown).
+        self.interruptible = False
         self._secret_depth = 0
+        self._filled_at: float | None = None  # when the last entry ended at its length
         self._lock = asyncio.Lock()
         if leftover:
             self._absorb(self._parser.feed(leftover))
@@ -113,9 +121,17 @@ class AgiSession:
             except AgiProtocolError as exc:
                 self._break(str(exc))
                 raise
+            except asyncio.CancelledError:  # its reply is still to come: out of step
+                self._break(f"ended while waiting for the reply to {name}")
+                raise
         if not quiet:
             log.debug("%s <- %s", self._log_prefix, reply.raw)
         return raise_for_reply(name, reply)
+
+    @property
+    def waiting(self) -> bool:
+        """A command is out: Asterisk is playing to or reading from the caller."""
+        return self._lock.locked()
 
     async def _next_reply(self, name: str) -> Reply:
         while True:
@@ -193,11 +209,26 @@ class AgiSession:
 
         Returns the digits typed ("" when none), or None when the caller typed nothing
         before the timeout. Pass ``secret=True`` for PINs and card numbers.
+
+        An entry that ended at its length may still get its ``#`` a moment later: that
+        key, cutting this prompt within LATE_END_KEY seconds, is the previous entry's
+        end, and this one is asked again (once). Keys typed while a prompt plays (no
+        command waiting for them) never reach the next entry: Asterisk drops them.
         """
+        filled_at = self._filled_at
+        typed, at = await self._read_entry(filename, timeout_ms, max_digits, secret)
+        if typed == "" and filled_at is not None and at - filled_at < LATE_END_KEY:
+            log.debug("%s # ended the entry before; asking again", self._log_prefix)
+            typed, at = await self._read_entry(filename, timeout_ms, max_digits, secret)
+        self._filled_at = at if typed is not None and len(typed) >= max_digits else None
+        return typed
+
+    async def _read_entry(
+        self, filename: str, timeout_ms: int, max_digits: int, secret: bool
+    ) -> tuple[str | None, float]:
         reply = await self._checked("GET DATA", filename, timeout_ms, max_digits, secret=secret)
-        if reply.timed_out and reply.result == "":
-            return None
-        return reply.result
+        typed = None if reply.timed_out and reply.result == "" else reply.result
+        return typed, monotonic()
 
     async def wait_for_digit(self, timeout_ms: int = 5000) -> str:
         reply = await self._checked("WAIT FOR DIGIT", timeout_ms)

@@ -189,10 +189,13 @@ class AsteriskInstance:
     def running(self) -> bool:
         return self.pid() is not None
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, *, prompts: bool = False) -> None:
         """Render the config and start Asterisk (or reload it when it already runs), then
-        wait until AMI accepts our login."""
+        wait until AMI accepts our login. ``prompts``: first make offline speech for the
+        catalogue prompts the instance's store lacks (see :meth:`build_prompts`)."""
         self.render()
+        if prompts:
+            self.build_prompts()
         if self.running():
             log.info("Asterisk already running (pid %s); reloading config", self.pid())
             self.cli("core reload")
@@ -221,6 +224,24 @@ class AsteriskInstance:
                 raise
             return
         self.wait_for_ami(timeout)
+
+    def build_prompts(self) -> None:
+        """Speech for the voice prompts missing from this instance's store (espeak-ng,
+        offline; quick when none is missing), so calls play them rather than "service
+        unavailable". Without a speech engine: a warning naming the command, and no build."""
+        from ..prompts import CatalogueError, ManifestError, PromptStore
+        from ..prompts.audio import AudioError
+        from ..prompts.build import build_missing
+
+        store = PromptStore.for_instance(self)
+        try:
+            report = build_missing(store)
+        except (AudioError, CatalogueError, ManifestError, OSError) as exc:
+            log.warning("voice prompts not built in %s (%s): calls hear 'service unavailable' "
+                        "until `ivr prompts build` makes them", store.host_dir, exc)
+            return
+        if report.made:
+            log.info("voice prompts in %s: %s", store.host_dir, report.summary())
 
     def check_ami(self) -> None:
         """Log in to this instance's AMI with the configured user and secret."""

@@ -1,9 +1,9 @@
 """The access-number line (context ``ivr-access``, route ``access``): a paid call.
 
-Steps, in order: language, identify (pinless by caller ID, else card number and PIN),
-balance, destination (filtered, normalised to E.164, rated), reserve, dial, settle, and
-another call. Each step is a function below; the caller's state lives in
-:class:`AccessCall`.
+Steps, in order: language, identify (pinless by caller ID, else card number and PIN,
+checked together), balance, destination (filtered, normalised to E.164, rated), reserve,
+dial, settle, and another call. Each step is a function below; the caller's state lives
+in :class:`AccessCall`.
 
 Money safety:
 - The reservation is made before Dial and always closed: settled from the billable
@@ -38,7 +38,7 @@ from .topup import TopUpSession, topup_menu
 
 log = logging.getLogger("ivr.flows.access")
 
-MAX_TRIES = 3  # per question: card number, PIN, destination, menu
+MAX_TRIES = 3  # per question: log-in (card number and PIN), destination, menu
 DESTINATION_MAX_DIGITS = 20
 DESTINATION_TIMEOUT_MS = 10_000
 
@@ -81,6 +81,14 @@ async def access(call: AgiSession) -> None:
     if holder is not None:
         session.holder = holder
         await calls_until_done(session)
+    await finish(call)
+
+
+async def finish(call: AgiSession) -> None:
+    """The route's own end. IVR_DONE tells the dialplan so: a channel it gets back
+    without it (this server died or the session broke mid-call: AGISTATUS is SUCCESS all
+    the same) hears "service unavailable" rather than silence."""
+    await call.set_variable("IVR_DONE", "1", dead_ok=True)
     await prompts.play(call, "goodbye")
     await call.hangup()
 
@@ -131,37 +139,30 @@ async def identify(s: AccessCall) -> Cardholder | None:
         log.warning("%s log-in refused: too many failures from this caller ID", s.tag)
         await prompts.play(s.call, "too-many-attempts")
         return None
-    card = await _ask_card(s)
-    if card is None:
-        return None
-    if card.verdict is not Verdict.OK:
-        return await _admit(s, card)
-    assert card.card_id is not None
-    for _ in range(MAX_TRIES):
-        pin = await prompts.ask(s.call, "enter-pin", 10_000, 12, secret=True)
-        result = await s.db.run(
-            login.verify_pin, s.db, card.card_id, keypad_digits(pin), s.callerid, policy
-        )
-        if result.verdict is not Verdict.WRONG_PIN:
-            return await _admit(s, result)
-        log.info("%s wrong PIN for card id %s", s.tag, card.card_id)
-        await prompts.play(s.call, "wrong-pin")
-    await prompts.play(s.call, "too-many-attempts")
-    return None
+    return await _log_in(s, policy)
 
 
-async def _ask_card(s: AccessCall) -> LoginResult | None:
+async def _log_in(s: AccessCall, policy: LoginPolicy) -> Cardholder | None:
+    """Card number, then PIN whatever the number: an unknown number and a wrong PIN get
+    the same refusal and the same next question (both again), and a card's state (locked,
+    expired) is said only after its right PIN, so nothing tells which numbers exist."""
     for _ in range(MAX_TRIES):
         typed = await prompts.ask(s.call, "enter-card-number", 10_000, 20, secret=True)
         number = keypad_digits(typed)
         if not number:
             await prompts.play(s.call, "no-input")
             continue
-        result = await s.db.run(login.find_card, s.db, number, s.callerid)
-        if result.verdict is not Verdict.UNKNOWN_CARD:
-            return result
-        log.info("%s unknown card number", s.tag)
-        await prompts.play(s.call, "invalid-card")
+        pin = await prompts.ask(s.call, "enter-pin", 10_000, 12, secret=True)
+        result = await s.db.run(
+            login.log_in, s.db, number, keypad_digits(pin), s.callerid, policy
+        )
+        if result.verdict not in (Verdict.UNKNOWN_CARD, Verdict.WRONG_PIN):
+            return await _admit(s, result)
+        if result.verdict is Verdict.UNKNOWN_CARD:
+            log.info("%s unknown card number", s.tag)
+        else:
+            log.info("%s wrong PIN for card id %s", s.tag, result.card_id)
+        await prompts.play(s.call, "invalid-login")
     await prompts.play(s.call, "too-many-attempts")
     return None
 
@@ -188,7 +189,7 @@ async def _admit(s: AccessCall, result: LoginResult) -> Cardholder | None:
         refreshed = await s.db.run(login.holder, s.db, holder.card_id)
         return refreshed if refreshed.available > 0 else None
     if verdict is not Verdict.OK or result.holder is None:
-        await prompts.play(s.call, "invalid-card")
+        await prompts.play(s.call, "invalid-login")
         return None
     log.info("%s card ...%s logged in", s.tag, result.holder.last4)
     return result.holder

@@ -10,7 +10,9 @@ back), 2 a recharge code, 3 the payment method already linked to the account, co
 with the PIN; then an amount from ``topup_amounts``. On success the account is credited
 (once per payment id), the live call's Asterisk-side limit moves to what the new balance
 buys, and the caller hears the new balance and time. On failure or timeout: a prompt, and
-back to the call with its old limit.
+back to the call with its old limit. While the route runs Asterisk cannot see the feature
+key, so ``*9`` typed during those last words ("returning to your call") opens the menu
+again.
 
 Every key typed here is read with ``secret=True``: never logged by us, and the server's
 AMI session receives no DTMF or AGI events. Only the last four digits of a card are
@@ -29,7 +31,7 @@ from decimal import Decimal
 from .. import login, payments, prompts, runtime, vouchers
 from ..agi import AgiSession
 from ..ami import AmiError
-from ..calls import BACKSTOP_MARGIN
+from ..calls import BACKSTOP_MARGIN, CallController, LiveCall
 from ..config import Settings
 from ..db import Database, run_bounded
 from ..login import LoginPolicy, Verdict
@@ -39,6 +41,9 @@ from ..prompts.say import say_duration, say_money
 log = logging.getLogger("ivr.flows.topup")
 
 MAX_TRIES = 3
+# The top-up key is *9 (features.conf); after the *, the 9 may come this late (ms): the
+# featuredigittimeout that features.conf gives Asterisk during the call.
+FEATURE_DIGIT_TIMEOUT_MS = 1000
 
 
 @dataclass
@@ -71,30 +76,63 @@ async def topup(call: AgiSession) -> None:
     session = TopUpSession(call, settings, db, live.card_id, holder.account_id,
                            holder.currency, live.callerid)
     log.info("%s top-up menu during call %s", session.tag, live.key)
+    while await menu_during_call(session, controller, live):
+        log.info("%s *9 again while returning to call %s", session.tag, live.key)
+
+
+async def menu_during_call(s: TopUpSession, controller: CallController,
+                           live: LiveCall) -> bool:
+    """One round of the menu, then back to the call; True when the caller pressed *9
+    again while being told so (the feature key cannot work until this route returns)."""
+    call = s.call
     # Paying takes a minute; the call must not end meanwhile. The caller channel's own
     # backstop counts from when it is set.
-    await controller.hold_open(call.env.uniqueid, settings.topup_grace)
-    await call.set_variable("TIMEOUT(absolute)", settings.topup_grace + BACKSTOP_MARGIN)
+    await controller.hold_open(call.env.uniqueid, s.settings.topup_grace)
+    await call.set_variable("TIMEOUT(absolute)", s.settings.topup_grace + BACKSTOP_MARGIN)
     added = False
+    # A server shutting down cancels the menu while it waits on the caller; the finally
+    # block restores the limit and the caller goes back to the call (AgiServer.shutdown).
+    call.interruptible = True
     try:
-        added = await topup_menu(session)
+        added = await topup_menu(s)
+    except asyncio.CancelledError:
+        await end_waiting_input(call)
+        raise
     finally:
+        call.interruptible = False
         # The hold from the money there is now: bigger after a top-up; without one, the
         # limit from before the menu, or the next hold if this one ran out meanwhile.
         try:
             await controller.renew(call.env.uniqueid)
         except (AmiError, LookupError) as exc:  # the call ended meanwhile
-            log.info("%s limit not moved: %s", session.tag, exc)
+            log.info("%s limit not moved: %s", s.tag, exc)
     await call.set_variable("TIMEOUT(absolute)",
                             controller.seconds_left(live) + BACKSTOP_MARGIN)
+    key = ""
     if added:
         left = controller.seconds_affordable(live)
-        log.info("%s call %s may now last %ss (%ss left)", session.tag, live.key,
+        log.info("%s call %s may now last %ss (%ss left)", s.tag, live.key,
                  live.granted, left)
-        await prompts.play(call, "you-have")
-        await say_duration(call, left, whole_minutes=left >= 60)
-        await prompts.play(call, "for-this-call")
-    await prompts.play(call, "returning-to-call")
+        key = await prompts.play(call, "you-have", "*")
+        key = key or await say_duration(call, left, whole_minutes=left >= 60,
+                                        escape_digits="*")
+        key = key or await prompts.play(call, "for-this-call", "*")
+    key = key or await prompts.play(call, "returning-to-call", "*")
+    return key == "*" and await call.wait_for_digit(FEATURE_DIGIT_TIMEOUT_MS) == "9"
+
+
+async def end_waiting_input(call: AgiSession) -> None:
+    """Shutdown ended the menu while Asterisk waits for keys: a "#" received on the
+    caller's channel ends that wait now (the AGI then ends and the bridge goes on)."""
+    controller = runtime.get_controller()
+    ami = controller.ami if controller is not None else None
+    if ami is None:
+        return
+    try:
+        await ami.action("PlayDTMF", Channel=call.env.channel, Digit="#", Receive="true",
+                         timeout=2)
+    except (AmiError, TimeoutError) as exc:
+        log.info("[%s] menu input not ended: %s", call.env.uniqueid, exc)
 
 
 async def topup_menu(s: TopUpSession) -> bool:

@@ -80,8 +80,11 @@ class Progress:
 
 
 def plan_build(catalogue: Catalogue, store: PromptStore, langs: tuple[str, ...], engine: str,
-               *, force: bool = False) -> tuple[list[tuple[Prompt, str]], BuildReport]:
-    """What a build must make; the report already lists what it skips."""
+               *, force: bool = False, only_missing: bool = False
+               ) -> tuple[list[tuple[Prompt, str]], BuildReport]:
+    """What a build must make; the report already lists what it skips. ``only_missing``:
+    only prompts with no playable version (speech from older text or another engine is
+    kept, counted up to date)."""
     report = BuildReport()
     todo: list[tuple[Prompt, str]] = []
     manifest = store.manifest()
@@ -94,8 +97,8 @@ def plan_build(catalogue: Catalogue, store: PromptStore, langs: tuple[str, ...],
             if (
                 not force
                 and current is not None
-                and current.text_hash == text_hash(prompt.text[lang])
-                and current.engine == engine
+                and (only_missing or (current.text_hash == text_hash(prompt.text[lang])
+                                      and current.engine == engine))
                 and store.has_audio(prompt.id, lang, current.version)
             ):
                 report.up_to_date.append((prompt.id, lang))
@@ -114,13 +117,16 @@ def build(
     progress: bool = True,
     stream: TextIO | None = None,
     workers: int | None = None,
+    only_missing: bool = False,
 ) -> BuildReport:
-    """Make speech for every out-of-date prompt of the catalogue in ``langs``."""
+    """Make speech for every out-of-date prompt of the catalogue in ``langs`` (with
+    ``only_missing``: for every prompt without audio, see :func:`plan_build`)."""
     if engine not in ENGINES:
         raise AudioError(f"unknown speech engine {engine!r}; choose {' or '.join(ENGINES)}")
     langs = catalogue.check_languages(langs or catalogue.languages)
     started = time.monotonic()
-    todo, report = plan_build(catalogue, store, langs, engine, force=force)
+    todo, report = plan_build(catalogue, store, langs, engine, force=force,
+                              only_missing=only_missing)
     if not todo:
         report.seconds = time.monotonic() - started
         return report
@@ -157,6 +163,30 @@ def build(
         shutil.rmtree(work, ignore_errors=True)
     report.seconds = time.monotonic() - started
     return report
+
+
+def build_missing(store: PromptStore, *, progress: bool = True,
+                  stream: TextIO | None = None) -> BuildReport:
+    """Offline speech (espeak-ng) for every catalogue prompt the store has no audio for:
+    run when an Asterisk instance starts, so a bare start plays the prompts. Quick when
+    nothing is missing; never replaces a prompt that has audio (recorded, or made by
+    gTTS or from older text: `ivr prompts build` brings those up to date)."""
+    from .catalogue import load_catalogue
+
+    return build(load_catalogue(), store, progress=progress, stream=stream,
+                 only_missing=True)
+
+
+def missing_message(store: PromptStore, catalogue: Catalogue) -> str | None:
+    """One line for an operator when prompts have no audio (None when all have)."""
+    missing = store.missing(catalogue)
+    if not missing:
+        return None
+    shown = ", ".join(f"{pid} ({lang})" for pid, lang in missing[:3])
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return (f"{len(missing)} voice prompt(s) have no audio in {store.host_dir} ({shown}{more}): "
+            "calls that need them hear 'service unavailable'; run `ivr prompts build` "
+            "(or `ivr asterisk up`, which builds missing ones)")
 
 
 def _speaker(catalogue: Catalogue, engine: str, work: Path

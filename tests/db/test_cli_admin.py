@@ -28,6 +28,21 @@ def ivr(tmp_path, monkeypatch, ivr_cli):
     return ivr_cli
 
 
+@pytest.fixture
+def ivr_json(ivr, capsys):
+    """Run ``ivr ARGS --json`` expecting a refusal (exit ``expect``): its JSON object,
+    the only thing on stdout."""
+    from ivr.cli import main
+
+    def run(*args: str, expect: int = 1) -> dict:
+        code = main([*args, "--json"])
+        out, err = capsys.readouterr()
+        assert code == expect, (args, out, err)
+        return json.loads(out)
+
+    return run
+
+
 def test_plan_deck_quote_and_max_seconds(ivr, tmp_path):
     ivr("plans", "create", "retail", "--currency", "usd", "--decimals", "2")
     (tmp_path / "deck.csv").write_text(DECK)
@@ -223,7 +238,7 @@ def test_vouchers(ivr, tmp_path):
     assert all(r["code"].encode() not in blob for r in rows)
 
 
-def test_deck_values_the_database_cannot_hold_are_refused_by_line(ivr, tmp_path):
+def test_deck_values_the_database_cannot_hold_are_refused_by_line(ivr, ivr_json, tmp_path):
     ivr("plans", "create", "retail", "--currency", "USD")
     (tmp_path / "deck.csv").write_text(DECK)
     ivr("rates", "import", "deck.csv")
@@ -235,8 +250,9 @@ def test_deck_values_the_database_cannot_hold_are_refused_by_line(ivr, tmp_path)
            + "retail,３７,Greece,0,0.1,60,1,0,,,,\n"  # 9: full-width prefix
            + "retail,38,Malta,0,０.1,60,1,0,,,,\n")  # 10: full-width rate
     (tmp_path / "bad.csv").write_text(bad)
-    for args in (("bad.csv",), ("bad.csv", "--json")):
-        err = ivr("rates", "import", *args, expect=1)
+    refusal = ivr_json("rates", "import", "bad.csv")["error"]
+    assert refusal["code"] == "bad_deck"
+    for err in (ivr("rates", "import", "bad.csv", expect=1), refusal["message"]):
         assert "Traceback" not in err
         lines = {int(line.split(":")[0].split()[-1]): line for line in err.splitlines()
                  if line.startswith("  line ")}
@@ -285,11 +301,12 @@ def test_deck_import_checks_across_lines_and_files(ivr, tmp_path):
     "1e400", "1e13", "10000000000000", "-10000000000000", "NaN", "Infinity", "1e-6", "0.000001",
     "0.0000001", "５", "1_000", "1,5", "", " ", "0x10", "１.00",
 ])
-def test_money_typed_on_the_command_line_is_refused_in_one_line(ivr, amount):
+def test_money_typed_on_the_command_line_is_refused_in_one_line(ivr, ivr_json, amount):
     ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
     ivr("accounts", "create", "--plan", "retail", "--number", "700300", "--balance", "5")
+    refusal = ivr_json("accounts", "credit", "700300", amount)["error"]
+    assert refusal["code"] == "bad_amount" and "\n" not in refusal["message"], refusal
     for args in (("accounts", "credit", "700300", amount),
-                 ("accounts", "credit", "700300", amount, "--json"),
                  ("accounts", "create", "--plan", "retail", "--balance", amount),
                  ("cards", "issue", "--plan", "retail", "--count", "1", "--balance", amount,
                   "--out", "cards.csv"),
@@ -320,3 +337,130 @@ def test_amounts_within_the_plans_decimals_are_taken(ivr):
     for bad in ("５", "1_0", "0x1"):  # counts and seconds: ASCII digits only
         with pytest.raises(SystemExit):
             ivr("cards", "issue", "--plan", "retail", "--count", bad, "--out", "c.csv")
+
+
+# ----------------------------------------------------------- options that would be ignored
+
+
+def test_cards_issue_refuses_options_it_would_ignore(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("plans", "create", "other", "--currency", "USD", "--decimals", "2")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700500", "--balance", "5")
+    # The cards share the account's balance: a --balance would be dropped.
+    err = ivr("cards", "issue", "--account", "700500", "--count", "2", "--balance", "3",
+              "--out", "shared.csv", expect=1)
+    assert err.count("\n") == 1 and err.startswith("ivr: --balance cannot be used with "
+                                                   "--account"), err
+    assert "ivr accounts credit 700500" in err
+    err = ivr("cards", "issue", "--plan", "other", "--account", "700500", "--count", "2",
+              "--out", "shared.csv", expect=1)
+    assert "account 700500, which is on plan retail" in err
+    with pytest.raises(SystemExit):  # argparse: --count missing
+        ivr("cards", "issue", "--account", "700500", "--out", "shared.csv")
+    assert "give --plan" in ivr("cards", "issue", "--count", "1", "--out", "c.csv", expect=2)
+    assert not (tmp_path / "shared.csv").exists() and not (tmp_path / "c.csv").exists()
+    shown = json.loads(ivr("accounts", "show", "700500", "--json"))
+    assert (shown["balance"], shown["cards"]) == ("5.00", [])
+    # Without the contradiction: the account's plan (named or not), its own balance.
+    ivr("cards", "issue", "--account", "700500", "--count", "1", "--out", "a.csv")
+    ivr("cards", "issue", "--plan", "retail", "--account", "700500", "--count", "1",
+        "--out", "b.csv")
+    assert len(json.loads(ivr("accounts", "show", "700500", "--json"))["cards"]) == 2
+    # Deck import: --plan names the plan of an astpp deck only; --tz goes with --currency.
+    (tmp_path / "deck.csv").write_text(DECK)
+    assert "--plan is for --format astpp" in ivr("rates", "import", "deck.csv", "--plan",
+                                                 "other", expect=1)
+    assert "--tz is the time zone of plans created by --currency" in ivr(
+        "rates", "import", "deck.csv", "--tz", "Europe/Paris", expect=1)
+    assert json.loads(ivr("plans", "list", "--json"))["plans"][1]["rates"] == 0
+
+
+def test_money_is_written_alike_in_every_output(ivr, tmp_path):
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    ivr("plans", "create", "fine", "--currency", "USD", "--decimals", "4")
+    ivr("plans", "create", "yen", "--currency", "JPY", "--decimals", "0")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700600", "--balance", "5")
+    ivr("cards", "issue", "--plan", "retail", "--count", "1", "--balance", "5",
+        "--out", "new.csv")
+    ivr("cards", "issue", "--account", "700600", "--count", "1", "--out", "shared.csv")
+    rows = [*csv.DictReader((tmp_path / "new.csv").open()),
+            *csv.DictReader((tmp_path / "shared.csv").open())]
+    assert [r["balance"] for r in rows] == ["5.00", "5.00"]
+    card = json.loads(ivr("cards", "show", rows[1]["card_number"], "--json"))
+    assert card["balance"] == "5.00"
+    assert "balance 5.00 USD" in ivr("cards", "show", rows[1]["card_number"])
+    shown = json.loads(ivr("accounts", "show", "700600", "--json"))
+    assert (shown["balance"], shown["reserved"], shown["available"]) == ("5.00", "0.00",
+                                                                         "5.00")
+    entries = json.loads(ivr("accounts", "history", "700600", "--json"))["entries"]
+    assert [(e["amount"], e["balance_after"]) for e in entries] == [("5.00", "5.00")]
+    assert "5.00" in ivr("accounts", "history", "700600")
+    # A 4-decimal plan: cents, and every digit an amount has; a whole-unit plan: units.
+    ivr("accounts", "create", "--plan", "fine", "--number", "700601", "--balance", "0.1234")
+    ivr("accounts", "create", "--plan", "yen", "--number", "700602", "--balance", "500")
+    assert json.loads(ivr("accounts", "show", "700601", "--json"))["balance"] == "0.1234"
+    yen = json.loads(ivr("accounts", "credit", "700602", "20", "--json"))
+    assert (yen["balance"], yen["reserved"]) == ("520", "0")
+    ivr("cards", "issue", "--account", "700602", "--count", "1", "--out", "yen.csv")
+    assert next(csv.DictReader((tmp_path / "yen.csv").open()))["balance"] == "520"
+    (tmp_path / "deck.csv").write_text(DECK)
+    ivr("rates", "import", "deck.csv")
+    q = json.loads(ivr("rates", "quote", "--plan", "retail", "--number", "447700900123",
+                       "--seconds", "60", "--json"))
+    assert (q["cost"], q["connect_fee"]) == ("0.70", "0.10")
+    m = json.loads(ivr("rates", "max-seconds", "--plan", "retail", "--number", "1555",
+                       "--balance", "1", "--json"))
+    assert m["balance"] == "1.00"
+
+
+# ----------------------------------------------------------- --json refusals
+
+
+def both(ivr, ivr_json, *args: str, expect: int = 1) -> dict:
+    """The refusal of ``ivr ARGS``: one line on stderr, and under --json one object on
+    stdout with the same message and exit status; returns the object's error."""
+    err = ivr(*args, expect=expect)
+    assert err.count("\n") == 1 and err.startswith("ivr: "), err
+    refusal = ivr_json(*args, expect=expect)
+    assert set(refusal) == {"error"} and set(refusal["error"]) == {"code", "message"}
+    assert refusal["error"]["message"] == err[len("ivr: "):].rstrip("\n")
+    return refusal["error"]
+
+
+def test_json_refusals_are_one_object_on_stdout(ivr, ivr_json, tmp_path, monkeypatch,
+                                                capsys):
+    ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
+    (tmp_path / "deck.csv").write_text(DECK.replace("retail,*,Anywhere,0,1.20,60,60,0,,,,\n",
+                                                    ""))
+    ivr("rates", "import", "deck.csv")
+    ivr("accounts", "create", "--plan", "retail", "--number", "700700")
+    error = both(ivr, ivr_json, "rates", "quote", "--plan", "retail", "--number",
+                 "8613800138000", "--seconds", "60")
+    assert error["code"] == "no_rate", error
+    assert both(ivr, ivr_json, "accounts", "show", "404")["code"] == "not_found"
+    assert both(ivr, ivr_json, "cards", "lock", "123456789012")["code"] == "not_found"
+    assert both(ivr, ivr_json, "plans", "create", "retail", "--currency", "USD"
+                )["code"] == "plan"
+    error = both(ivr, ivr_json, "cards", "issue", "--account", "700700", "--count", "1",
+                 "--balance", "3", "--out", "c.csv")
+    assert error["code"] == "conflicting_options"
+    assert both(ivr, ivr_json, "accounts", "credit", "700700", "1.001")["code"] == "bad_amount"
+    # The top-up commands share them.
+    assert both(ivr, ivr_json, "payments", "list", "--account", "404")["code"] == "not_found"
+    assert both(ivr, ivr_json, "auto-recharge", "700700", "--threshold", "2")["code"] == (
+        "refused")
+    # Usage errors (argparse) exit 2 either way.
+    with pytest.raises(SystemExit) as exit_:
+        ivr("cards", "issue", "--plan", "retail", "--out", "c.csv")
+    assert exit_.value.code == 2
+    capsys.readouterr()
+    error = ivr_json("cards", "issue", "--plan", "retail", "--out", "c.csv", expect=2)["error"]
+    assert error["code"] == "usage" and "--count" in error["message"], error
+    # A bad configuration file (exit 2), and a database that does not answer.
+    (tmp_path / "bad.toml").write_text("agi_port = 'x'\n")
+    monkeypatch.setenv("IVR_CONFIG", str(tmp_path / "bad.toml"))
+    assert both(ivr, ivr_json, "plans", "list", expect=2)["code"] == "config"
+    monkeypatch.delenv("IVR_CONFIG")
+    monkeypatch.setenv("IVR_DATABASE_URL", "postgresql://ivr@127.0.0.1:9/nowhere")
+    assert both(ivr, ivr_json, "accounts", "show", "700700")["code"] == (
+        "database_unavailable")

@@ -29,6 +29,7 @@ from ivr.db.models import (
 from ivr.ledger import Grant, Ledger, LedgerError, Refusal, credit, ledger_sum
 from ivr.rates_store import RatingCache, create_plan, import_rows
 from ivr.rating import DeckError, parse_deck
+from ivr.testing.access import CardInHand, new_card
 
 DECK = """\
 plan,prefix,destination,connect_fee,rate,rate_unit,increment,from_second,days,start,end,service
@@ -239,6 +240,75 @@ def test_capped_holds_let_two_calls_share_one_balance(db: Database):
     done = ledger.settle(second.reservation_id, 396, uniqueid="b")
     assert done.granted == 396
     assert account_state(db, account_id) == (Decimal(0), Decimal(0), Decimal(0))
+
+
+LONDON = "442071234567"  # 0.30 a minute, per second: 0.005 a second
+
+
+def shared_cards(db: Database, balance: str, count: int) -> list[CardInHand]:
+    first = new_card(db, Decimal(balance), plan="retail")
+    return [first, *(new_card(db, Decimal(0), plan="retail", account=first.account)
+                     for _ in range(count - 1))]
+
+
+def test_a_small_shared_balance_lets_every_card_start_a_call(db: Database):
+    """Issue 11: with the default 300 s hold, a balance buying 60 s is not all held by
+    the first card: each card's call holds a share of what is not held."""
+    setup_plan(db)
+    cards = shared_cards(db, "0.30", 3)  # 60 s to London
+    ledger = Ledger(db)
+    grants = [ledger.authorize(LONDON, card_id=c.card_id, at=AT, hold=300) for c in cards]
+    assert all(isinstance(g, Grant) for g in grants)
+    assert [(g.seconds, g.amount) for g in grants] == [(20, Decimal("0.10"))] * 3
+    # Each caller is told what all the money not yet held buys.
+    assert [g.affordable for g in grants] == [60, 40, 20]
+    account_id = grants[0].account_id
+    assert account_state(db, account_id)[:2] == (Decimal("0.30"), Decimal("0.30"))
+    # All of it is held now: renewals find nothing more, and settle exactly.
+    for grant in grants:
+        renewed = ledger.extend(grant.reservation_id, hold=320)
+        assert (renewed.seconds, renewed.affordable) == (20, 20)
+    for i, grant in enumerate(grants):
+        ledger.settle(grant.reservation_id, 20, uniqueid=f"s{i}")
+    assert account_state(db, account_id) == (Decimal(0), Decimal(0), Decimal(0))
+
+
+def test_renewals_share_what_is_not_held_while_another_card_is_idle(db: Database):
+    setup_plan(db)
+    first, second = shared_cards(db, "0.30", 2)
+    ledger = Ledger(db)
+    a = ledger.authorize(LONDON, card_id=first.card_id, at=AT, hold=300)
+    assert isinstance(a, Grant) and (a.seconds, a.affordable) == (30, 60)  # half
+    # Renewed while the second card is idle: half of the 30 s left, but MIN_HOLD (20 s).
+    renewed = ledger.extend(a.reservation_id, hold=315)
+    assert (renewed.seconds, renewed.affordable) == (50, 60)
+    b = ledger.authorize(LONDON, card_id=second.card_id, at=AT, hold=300)
+    assert isinstance(b, Grant) and (b.seconds, b.affordable) == (10, 10)  # what is left
+    assert ledger.extend(a.reservation_id, hold=330).seconds == 50  # nothing more to hold
+    third = ledger.authorize(LONDON, card_id=first.card_id, at=AT, hold=300)
+    assert third is Refusal.INSUFFICIENT_FUNDS
+    ledger.settle(a.reservation_id, 50, uniqueid="a")
+    ledger.settle(b.reservation_id, 10, uniqueid="b")
+    assert account_state(db, a.account_id) == (Decimal(0), Decimal(0), Decimal(0))
+
+
+def test_a_shared_hold_is_never_below_the_first_billing_block(db: Database):
+    setup_plan(db)
+    first, second = shared_cards(db, "0.70", 2)  # UK: 0.10 + 0.60 a minute, in minutes
+    ledger = Ledger(db)
+    a = ledger.authorize("447700900123", card_id=first.card_id, at=AT, hold=300)
+    assert isinstance(a, Grant) and (a.seconds, a.amount) == (60, Decimal("0.70"))
+    # The balance buys one first block: the second card is refused, as before.
+    b = ledger.authorize("447700900123", card_id=second.card_id, at=AT, hold=300)
+    assert b is Refusal.INSUFFICIENT_FUNDS
+    ledger.release(a.reservation_id)
+
+
+def test_a_card_alone_on_its_account_holds_all_it_may(db: Database):
+    setup_plan(db)
+    (card,) = shared_cards(db, "0.30", 1)
+    grant = Ledger(db).authorize(LONDON, card_id=card.card_id, at=AT, hold=300)
+    assert isinstance(grant, Grant) and (grant.seconds, grant.affordable) == (60, 60)
 
 
 def test_renewed_holds_under_concurrency_never_overdraw(db: Database, tmp_path):

@@ -100,24 +100,92 @@ def test_pinless_empty_card_comes_with_its_holder(plan: Database):
     assert result.holder.card_id == card.card_id
 
 
-# --------------------------------------------------------------------------- card number
+# --------------------------------------------------------------------------- card number and PIN
 
 
-def test_find_card(plan: Database):
+def test_log_in_with_the_right_pin(plan: Database):
     card = new_card(plan, Decimal("5.00"))
-    result = login.find_card(plan, card.number, CALLER, now=NOW)
-    assert (result.verdict, result.card_id, result.holder) == (Verdict.OK, card.card_id, None)
+    result = login.log_in(plan, card.number, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.card_id) == (Verdict.OK, card.card_id)
+    assert result.holder is not None and result.holder.available == Decimal("5.00")
     assert failures(plan) == []
 
 
 def test_unknown_card_number_is_a_failure_of_the_callerid(plan: Database):
     card = new_card(plan, Decimal("5.00"))
     other = card.number[:-1] + str((int(card.number[-1]) + 1) % 10)
-    result = login.find_card(plan, other, CALLER, now=NOW)
-    assert (result.verdict, result.card_id) == (Verdict.UNKNOWN_CARD, None)
-    assert login.find_card(plan, "", None, now=NOW).verdict is Verdict.UNKNOWN_CARD
+    result = login.log_in(plan, other, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.card_id, result.holder) == (Verdict.UNKNOWN_CARD, None, None)
+    assert login.log_in(plan, "", "1234", None, POLICY, now=NOW).verdict is Verdict.UNKNOWN_CARD
     assert failures(plan) == [(CALLER, None), (ANONYMOUS, None)]
     assert card_row(plan, card) == (CardStatus.ACTIVE, 0)  # no card was guessed at
+
+
+def test_an_unknown_card_number_costs_a_pin_check_like_a_real_one(plan: Database, monkeypatch):
+    """The PIN typed after an unknown number is checked against a hash of the same cost
+    as a card's, so the answer takes as long as a wrong PIN's."""
+    card = new_card(plan, Decimal("5.00"))
+    checked: list[str] = []
+
+    def recording(pin: str, stored: str) -> bool:
+        checked.append(stored)
+        return pin_check(pin, stored)
+
+    monkeypatch.setattr(login, "pin_check", recording)
+    unknown = login.log_in(plan, "000000000000", wrong(card), CALLER, POLICY, now=NOW)
+    known = login.log_in(plan, card.number, wrong(card), CALLER, POLICY, now=NOW)
+    assert (unknown.verdict, known.verdict) == (Verdict.UNKNOWN_CARD, Verdict.WRONG_PIN)
+    decoy, real = checked
+    assert decoy.split("$")[:4] == real.split("$")[:4]  # scheme, N, r, p
+    assert decoy != real
+
+
+@pytest.mark.parametrize(
+    ("values", "verdict"),
+    [
+        ({"status": CardStatus.LOCKED}, Verdict.LOCKED),
+        ({"status": CardStatus.BLOCKED}, Verdict.LOCKED),
+        ({"status": CardStatus.EXPIRED}, Verdict.EXPIRED),
+        ({"expires_on": date(2026, 11, 17)}, Verdict.EXPIRED),  # yesterday
+    ],
+)
+def test_a_cards_state_is_told_only_after_its_right_pin(plan: Database, values: dict,
+                                                         verdict: Verdict):
+    card = new_card(plan, Decimal("5.00"))
+    set_card(plan, card, **values)
+    # A wrong PIN is a wrong PIN, counted against the card and the caller ID.
+    result = login.log_in(plan, card.number, wrong(card), CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.holder) == (Verdict.WRONG_PIN, None)
+    assert failures(plan) == [(CALLER, card.card_id)]
+    assert card_row(plan, card)[1] == 1
+    # The right one tells why the card cannot call, and counts nothing.
+    result = login.log_in(plan, card.number, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.card_id, result.holder) == (verdict, card.card_id, None)
+    assert card_row(plan, card)[1] == 1 and len(failures(plan)) == 1
+
+
+def test_the_wrong_pin_that_locks_the_card_is_a_wrong_pin(plan: Database):
+    card = new_card(plan, Decimal("5.00"))
+    verdicts = [login.log_in(plan, card.number, wrong(card), CALLER, POLICY, now=NOW).verdict
+                for _ in range(POLICY.pin_max_failures + 1)]
+    assert verdicts == [Verdict.WRONG_PIN] * (POLICY.pin_max_failures + 1)
+    assert card_row(plan, card) == (CardStatus.LOCKED, POLICY.pin_max_failures + 1)
+    result = login.log_in(plan, card.number, card.pin, CALLER, POLICY, now=NOW)
+    assert (result.verdict, result.holder) == (Verdict.LOCKED, None)
+    assert card_row(plan, card)[0] is CardStatus.LOCKED
+
+
+@pytest.mark.parametrize("status", [AccountStatus.SUSPENDED, AccountStatus.CLOSED])
+def test_card_of_an_inactive_account_is_locked(plan: Database, status: AccountStatus):
+    card = new_card(plan, Decimal("5.00"), callerid=CALLER)
+    with plan.transaction() as s:
+        account = s.scalar(select(Account).where(Account.number == card.account))
+        assert account is not None
+        account.status = status
+    result = login.log_in(plan, card.number, card.pin, CALLER, POLICY, now=NOW)
+    assert result.verdict is Verdict.LOCKED
+    pinless = login.pinless(plan, CALLER)
+    assert pinless is not None and pinless.verdict is Verdict.LOCKED
 
 
 # --------------------------------------------------------------------------- PIN
@@ -141,7 +209,6 @@ def test_consecutive_wrong_pins_lock_the_card(plan: Database):
     # Locked: even the right PIN is refused, and no more failures are counted.
     result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
     assert (result.verdict, result.holder) == (Verdict.LOCKED, None)
-    assert login.find_card(plan, card.number, CALLER, now=NOW).verdict is Verdict.LOCKED
     assert failures(plan) == [(CALLER, card.card_id)] * 3
     assert card_row(plan, card) == (CardStatus.LOCKED, 3)
 
@@ -236,11 +303,10 @@ def test_verify_pin_of_no_card(plan: Database):
         ({"expires_on": date(2026, 11, 17)}, Verdict.EXPIRED),  # yesterday
     ],
 )
-def test_cards_that_cannot_log_in(plan: Database, values: dict, verdict: Verdict):
+def test_verify_pin_of_a_card_that_cannot_call(plan: Database, values: dict, verdict: Verdict):
+    """A logged-in caller's card (confirming a payment) is told its state at once."""
     card = new_card(plan, Decimal("5.00"))
     set_card(plan, card, **values)
-    found = login.find_card(plan, card.number, CALLER, now=NOW)
-    assert (found.verdict, found.card_id) == (verdict, card.card_id)
     result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
     assert (result.verdict, result.card_id, result.holder) == (verdict, card.card_id, None)
     # A wrong PIN on such a card is not even checked.
@@ -254,18 +320,6 @@ def test_card_expiring_today_still_works(plan: Database):
     set_card(plan, card, expires_on=NOW.date())
     result = login.verify_pin(plan, card.card_id, card.pin, CALLER, POLICY, now=NOW)
     assert result.verdict is Verdict.OK
-
-
-@pytest.mark.parametrize("status", [AccountStatus.SUSPENDED, AccountStatus.CLOSED])
-def test_card_of_an_inactive_account_is_locked(plan: Database, status: AccountStatus):
-    card = new_card(plan, Decimal("5.00"), callerid=CALLER)
-    with plan.transaction() as s:
-        account = s.scalar(select(Account).where(Account.number == card.account))
-        assert account is not None
-        account.status = status
-    assert login.find_card(plan, card.number, CALLER, now=NOW).verdict is Verdict.LOCKED
-    pinless = login.pinless(plan, CALLER)
-    assert pinless is not None and pinless.verdict is Verdict.LOCKED
 
 
 def test_empty_balance_logs_in_as_empty_with_holder(plan: Database):
@@ -296,7 +350,7 @@ def test_throttled_after_failures_on_different_cards_within_the_window(plan: Dat
     t = NOW
     login.verify_pin(plan, a.card_id, wrong(a), CALLER, POLICY, now=t)
     login.verify_pin(plan, b.card_id, wrong(b), CALLER, POLICY, now=t + timedelta(seconds=10))
-    login.find_card(plan, "000000000000", CALLER, now=t + timedelta(seconds=20))
+    login.log_in(plan, "000000000000", "1234", CALLER, POLICY, now=t + timedelta(seconds=20))
     assert not login.throttled(plan, CALLER, POLICY, now=t + timedelta(seconds=30))
     login.verify_pin(plan, a.card_id, wrong(a), CALLER, POLICY, now=t + timedelta(seconds=40))
     assert len(failures(plan)) == POLICY.callerid_max_failures
@@ -315,8 +369,8 @@ def test_throttled_after_failures_on_different_cards_within_the_window(plan: Dat
 
 def test_anonymous_callers_share_one_bucket(plan: Database):
     card = new_card(plan, Decimal("1"))
-    login.find_card(plan, "000000000001", None, now=NOW)
-    login.find_card(plan, "000000000002", "", now=NOW)
+    login.log_in(plan, "000000000001", "1234", None, POLICY, now=NOW)
+    login.log_in(plan, "000000000002", "1234", "", POLICY, now=NOW)
     login.verify_pin(plan, card.card_id, wrong(card), None, POLICY, now=NOW)
     assert not login.throttled(plan, None, POLICY, now=NOW)
     login.verify_pin(plan, card.card_id, wrong(card), "", POLICY, now=NOW)  # LOCKED now
@@ -334,7 +388,8 @@ def test_no_failures_is_not_throttled(plan: Database):
 
 def test_forget_failures(plan: Database):
     for i in range(3):
-        login.find_card(plan, "000000000000", CALLER, now=NOW - timedelta(hours=i))
+        login.log_in(plan, "000000000000", "1234", CALLER, POLICY,
+                     now=NOW - timedelta(hours=i))
     assert login.forget_failures(plan, NOW - timedelta(minutes=30)) == 2
     assert login.forget_failures(plan, NOW - timedelta(minutes=30)) == 0
     with plan.transaction() as s:

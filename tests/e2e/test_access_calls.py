@@ -190,3 +190,46 @@ async def test_two_cards_of_one_account_call_at_once_on_renewed_holds(
     seconds = [c.billable_seconds for c in cdrs(access_line)]
     assert sum(seconds) == 30 and min(seconds) > 8  # both outlived their first hold
     assert not open_reservations(access_line)
+
+
+@pytest.mark.parametrize(
+    "access_line", [{}, pytest.param({"database": "postgres"}, marks=pytest.mark.postgres)],
+    ids=["sqlite", "postgres"], indirect=True,
+)
+async def test_two_cards_of_a_small_account_both_call_on_the_default_hold(
+    access_line: AccessLine, phone: Phone
+):
+    # Issue 11: 0.40 buys 40 seconds to the US, far less than the default 300 s hold. The
+    # first call holds only a share of it while the second card is idle, so the second
+    # card gets through too (it used to hear "not enough balance").
+    assert access_line.settings.reservation_hold == 300
+    first = access_line.card("0.40")
+    second = access_line.card("0", account=first.account)
+    calls = [await phone.call("ivr-access", callerid=f"1555000777{i}") for i in range(2)]
+    callers = [Caller(c) for c in calls]
+
+    async def log_in(caller: Caller, card: CardInHand) -> None:
+        await caller.log_in(card)
+        await caller.wait_prompt("enter-destination")
+
+    await asyncio.gather(*(log_in(c, k) for c, k in zip(callers, (first, second), strict=True)))
+    await callers[0].call.send_dtmf("2125550100#")
+    await callers[0].wait_prompt("connecting")
+    await callers[1].call.send_dtmf("2125550101#")
+    await callers[1].wait_prompt("connecting")
+    assert "not-enough-balance" not in callers[1].heard
+    assert "number:40" in callers[0].heard  # what all the money buys
+    for caller in callers:
+        await caller.wait_prompt("time-up", timeout=60)
+    for call in calls:
+        await call.hangup()
+        await call.wait_ended()
+    await access_line.server.wait_idle()
+
+    balance, reserved, entries = account_state(access_line, first.account)
+    assert balance == Decimal("0") and reserved == 0
+    charges = [e.amount for e in entries if e.kind is EntryKind.CALL]
+    assert len(charges) == 2 and sum(charges) == Decimal("-0.40")
+    assert all(e.balance_after >= 0 for e in entries)
+    assert sum(c.billable_seconds for c in cdrs(access_line)) == 40
+    assert not open_reservations(access_line)

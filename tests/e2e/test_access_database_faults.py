@@ -44,14 +44,15 @@ async def test_a_locked_sqlite_database_gives_service_unavailable_in_seconds(
     path = Path(access_line.db.url.removeprefix("sqlite:///"))
     call = await phone.call("ivr-access", callerid="15550009999")
     caller = Caller(call)
-    await caller.wait_prompt("enter-card-number")
+    await caller.answer("enter-card-number", card.number + "#")
+    await caller.wait_prompt("enter-pin")
     with sqlite_write_lock(path):  # e.g. an operator's sqlite3 shell in a transaction
-        waited = await seconds_until_unavailable(call, card.number + "#")
+        waited = await seconds_until_unavailable(call, card.pin + "#")
     await call.wait_ended()
     await access_line.server.wait_idle()
-    print(f"\nSQLite locked: service unavailable {waited:.1f} s after the card number")
+    print(f"\nSQLite locked: service unavailable {waited:.1f} s after the PIN")
     assert waited < BOUND
-    assert "enter-pin" not in caller.heard
+    assert "enter-destination" not in caller.heard
     assert access_line.server.stats.failed == 1
     assert cdrs(access_line) == [] and open_reservations(access_line) == []
 
@@ -75,17 +76,18 @@ async def test_a_stopped_postgres_gives_service_unavailable_in_seconds(
     card = access_line.card("5.00")
     call = await phone.call("ivr-access", callerid="15550009999")
     caller = Caller(call)
-    await caller.wait_prompt("enter-card-number")
+    await caller.answer("enter-card-number", card.number + "#")
+    await caller.wait_prompt("enter-pin")
     private_server.stop_processes()
     try:
-        waited = await seconds_until_unavailable(call, card.number + "#")
+        waited = await seconds_until_unavailable(call, card.pin + "#")
         await call.wait_ended()
     finally:
         private_server.resume_processes()
     await access_line.server.wait_idle()
-    print(f"\nPostgreSQL stopped: service unavailable {waited:.1f} s after the card number")
+    print(f"\nPostgreSQL stopped: service unavailable {waited:.1f} s after the PIN")
     assert waited < BOUND
-    assert "enter-pin" not in caller.heard
+    assert "enter-destination" not in caller.heard
     assert access_line.server.stats.failed == 1
     assert cdrs(access_line) == [] and open_reservations(access_line) == []
 

@@ -1,5 +1,6 @@
-"""Who may call, in a real Asterisk: PIN lock-out, pinless log-in by caller ID, the
-language menu, expired and empty cards, and a caller ID refused after many failures."""
+"""Who may call, in a real Asterisk: PIN lock-out, a card's state told only after its
+right PIN, pinless log-in by caller ID, the language menu, expired and empty cards, and a
+caller ID refused after many failures."""
 
 from __future__ import annotations
 
@@ -35,21 +36,28 @@ async def test_wrong_pins_lock_the_card_and_pins_never_reach_a_log(
     wrong = "97531"  # PINs have 4 digits: never the right one
     call = await phone.call("ivr-access", callerid="15550005555")
     caller = Caller(call)
-    await caller.answer("enter-card-number", card.number + "#")
     for _ in range(3):
+        await caller.answer("enter-card-number", card.number + "#")
         await caller.answer("enter-pin", wrong + "#")
-    await caller.wait_prompt("card-locked")
+    await caller.wait_prompt("too-many-attempts")
     await call.wait_ended()
-    assert caller.heard.count("wrong-pin") == 2  # the third wrong PIN locks the card
+    # The third wrong PIN locks the card, silently: a wrong PIN is a wrong PIN.
+    assert caller.heard.count("invalid-login") == 3
+    assert "card-locked" not in caller.heard
     assert card_row(access_line, card.card_id).status is CardStatus.LOCKED
 
-    # A locked card is told so as soon as its number is typed; no PIN is asked.
-    call = await phone.call("ivr-access", callerid="15550005555")
+    # The locked card's number is asked for its PIN; a wrong one is refused as any
+    # other, and only the right one hears that the card is locked.
+    call = await phone.call("ivr-access", callerid="15550005556")
     caller = Caller(call)
     await caller.answer("enter-card-number", card.number + "#")
+    await caller.answer("enter-pin", wrong + "#")
+    await caller.answer("enter-card-number", card.number + "#")
+    await caller.answer("enter-pin", card.pin + "#")
     await caller.wait_prompt("card-locked")
     await call.wait_ended()
-    assert "enter-pin" not in caller.heard and "enter-destination" not in caller.heard
+    assert caller.heard[1:] == ["enter-card-number", "enter-pin", "invalid-login",
+                                "enter-card-number", "enter-pin", "card-locked", "goodbye"]
     await access_line.server.wait_idle()
     # The product's logs, even at DEBUG (the test phone's own AMI traffic is not ours),
     # and Asterisk's.
@@ -60,6 +68,49 @@ async def test_wrong_pins_lock_the_card_and_pins_never_reach_a_log(
         assert secret not in asterisk.log_file.read_text(errors="replace")
 
 
+async def test_a_locked_card_is_asked_for_its_pin_and_told_only_after_the_right_one(
+    access_line: AccessLine, phone: Phone
+):
+    """Locked by an operator: its number alone must not tell anyone that it exists."""
+    card = access_line.card("5.00")
+    with access_line.db.transaction() as s:
+        s.get(Card, card.card_id).status = CardStatus.LOCKED
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.answer("enter-card-number", card.number + "#")
+    await caller.answer("enter-pin", card.pin + "#", timeout=15)
+    await caller.wait_prompt("card-locked")
+    await call.wait_ended()
+    assert caller.heard[1:] == ["enter-card-number", "enter-pin", "card-locked", "goodbye"]
+    assert card_row(access_line, card.card_id).failed_pins == 0
+
+
+async def test_an_unknown_card_number_is_answered_as_a_wrong_pin(
+    access_line: AccessLine, phone: Phone
+):
+    """An unknown card number is asked for a PIN, then refused with the words, and the
+    next question, of a wrong PIN on a real card."""
+    card = access_line.card("5.00")
+    unknown = card.number[:-1] + str((int(card.number[-1]) + 1) % 10)
+    heard = []
+    for number, pin in ((unknown, card.pin), (card.number, "97531")):
+        call = await phone.call("ivr-access", callerid="15550004444")
+        caller = Caller(call)
+        await caller.answer("enter-card-number", number + "#")
+        await caller.answer("enter-pin", pin + "#", timeout=15)
+        await caller.wait_prompt("enter-card-number")  # asked again, from the start
+        await call.hangup()
+        await call.wait_ended()
+        heard.append(caller.heard)
+    assert heard[0] == heard[1] == ["welcome", "enter-card-number", "enter-pin",
+                                    "invalid-login", "enter-card-number"]
+    # Both count against the caller ID; only the real card counts a wrong PIN.
+    with access_line.db.transaction() as s:
+        assert [(f.callerid, f.card_id) for f in s.scalars(select(AuthFailure))] == [
+            ("15550004444", None), ("15550004444", card.card_id)]
+    assert card_row(access_line, card.card_id).failed_pins == 1
+
+
 async def test_a_right_pin_resets_the_count(access_line: AccessLine, phone: Phone):
     card = access_line.card("5.00")
     wrong = "97531"  # PINs have 4 digits: never the right one
@@ -67,7 +118,8 @@ async def test_a_right_pin_resets_the_count(access_line: AccessLine, phone: Phon
     caller = Caller(call)
     await caller.answer("enter-card-number", card.number + "#")
     await caller.answer("enter-pin", wrong + "#")
-    await caller.answer("enter-pin", card.pin + "#")
+    await caller.wait_prompt("invalid-login")
+    await caller.log_in(card)  # number and PIN again
     await caller.wait_prompt("enter-destination")
     assert card_row(access_line, card.card_id).failed_pins == 0
     await call.hangup()
@@ -102,7 +154,8 @@ async def test_a_malformed_caller_id_is_withheld_not_a_pinless_log_in(
     call = await phone.call("ivr-access", callerid=malformed)
     caller = Caller(call)
     await caller.answer("enter-card-number", "400000000002#")
-    await caller.wait_prompt("invalid-card")
+    await caller.answer("enter-pin", "1234#")
+    await caller.wait_prompt("invalid-login")
     await call.hangup()
     await call.wait_ended()
     await access_line.server.wait_idle()
@@ -140,14 +193,11 @@ async def test_expired_and_empty_cards_get_their_own_prompt(
     with access_line.db.transaction() as s:
         s.get(Card, expired.card_id).expires_on = date.today() - timedelta(days=1)
     empty = access_line.card("0.00")
-    # An expired card is told so after its number; an empty one after its PIN (its
-    # balance is private).
+    # Each is told so after its right PIN (a card's state is private).
     for card, prompt in ((expired, "card-expired"), (empty, "card-empty")):
         call = await phone.call("ivr-access")
         caller = Caller(call)
-        await caller.answer("enter-card-number", card.number + "#")
-        if card is empty:
-            await caller.answer("enter-pin", card.pin + "#")
+        await caller.log_in(card)
         await caller.wait_prompt(prompt)
         await call.wait_ended()
         assert "enter-destination" not in caller.heard
@@ -162,7 +212,8 @@ async def test_guessing_across_cards_from_one_caller_id_is_refused(
         call = await phone.call("ivr-access", callerid="15550007777")
         caller = Caller(call)
         await caller.answer("enter-card-number", "400000000002#")
-        await caller.wait_prompt("invalid-card")
+        await caller.answer("enter-pin", "1234#")
+        await caller.wait_prompt("invalid-login")
         await call.hangup()
         await call.wait_ended()
     good = access_line.card("5.00")

@@ -3,7 +3,9 @@
 Five calls are answered, then the server is killed. Asterisk still ends each call at its
 limit (the limit lives in Asterisk), and records how long it lasted in AstDB. The server
 is restarted while some calls are still up and others have already ended: its recovery
-sweep settles every call exactly once, and a second restart changes nothing.
+sweep settles every call exactly once, and a second restart changes nothing. Each caller,
+whose session the server can no longer finish, hears "service unavailable" from the
+dialplan rather than silence.
 """
 
 from __future__ import annotations
@@ -162,6 +164,9 @@ async def test_kill_9_during_live_calls_then_restart_settles_each_call_once(
         # Each call ended at its limit, enforced by Asterisk with no server running.
         length = ended[callee_of[call.id]] - answered[call.id]
         assert abs(length - grant) <= 1.0, (grant, length)
+        # The route's session was gone (AGISTATUS=SUCCESS all the same): the caller, cut
+        # off at the limit, is told the service is unavailable, not left in silence.
+        assert ("Playback", "ss-noservice") in call.applications, call.applications
         balance, reserved, entries = account_state(db, card.account)
         assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL], entries
         assert entries[1].amount == -Decimal(grant) / 100

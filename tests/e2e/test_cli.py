@@ -13,7 +13,9 @@ import sys
 
 import pytest
 
+from ivr.asterisk import AsteriskInstance
 from ivr.config import Settings
+from ivr.prompts import PromptStore, load_catalogue
 from ivr.testing import free_port
 from ivr.testing.phone import Phone
 
@@ -51,6 +53,13 @@ def test_asterisk_up_status_down(asterisk, test_settings: Settings, tmp_path):
         assert info["running"] is True and info["ami_answers"] is True
         assert "Asterisk 2" in info["version"]
         assert info["ami"] == f"127.0.0.1:{env['IVR_AMI_PORT']}"
+        # A bare start has its voice prompts (offline speech for the missing ones), so
+        # its calls play them rather than "service unavailable".
+        store = PromptStore.for_instance(AsteriskInstance(
+            test_settings.replace(asterisk_instance=env["IVR_ASTERISK_INSTANCE"]),
+            asterisk.install))
+        assert store.missing(load_catalogue()) == []
+        assert store.play_path("welcome", "en") is not None
         status = run_ivr("asterisk", "status", "--json", env=env)
         assert status.returncode == 0 and json.loads(status.stdout)["pid"] == info["pid"]
         # A wrong secret is refused by that Asterisk (the secret really comes from config).

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
+import sys
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -166,6 +169,67 @@ async def test_declined_card_and_wrong_code_leave_the_old_limit(
         assert [p.status for p in s.scalars(select(Payment))] == ["declined"]
 
 
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_a_hash_after_each_fixed_length_entry_is_taken_as_its_end(
+    access_line: AccessLine, phone: Phone
+):
+    """A caller who ends every entry with # by habit, the 1-key menu choice and the
+    4-digit expiry included: each # ends its own entry, never the next one."""
+    card = access_line.card("0")
+    call = await phone.call("ivr-access")
+    caller = Caller(call)
+    await caller.log_in(card)
+    await caller.wait_prompt("card-empty")
+    await caller.answer("topup-menu", "1#")
+    await caller.answer("enter-credit-card", SANDBOX_OK + "#")
+    await caller.answer("enter-expiry", "1239#")
+    await caller.answer("enter-cvv", CVV + "#")
+    await caller.answer("confirm-or-reenter", "1#")
+    await caller.wait_prompt("choose-amount")
+    await call.send_dtmf("1")
+    await caller.wait_prompt("topup-done")
+    # A key typed while a prompt that takes none plays is not the next entry's first.
+    await call.send_dtmf("5")
+    await caller.dial("9996021234")  # a 2-second call
+    await caller.wait_prompt("call-cost")
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    assert "card-not-valid" not in caller.heard and "no-input" not in caller.heard
+    balance, _, entries = account_state(access_line, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert entries[0].amount == Decimal("0.40") and balance == Decimal("0.40") + entries[1].amount
+    assert [c.destination for c in cdrs(access_line)] == ["19996021234"]  # no 5 before it
+
+
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_star9_while_returning_to_the_call_opens_the_menu_again(
+    access_line: AccessLine, phone: Phone, ami: AmiClient
+):
+    legs = Legs(ami)
+    try:
+        card, call, caller, answered_at, callee = await answered_call(
+            access_line, phone, legs, "0.60")
+        await asyncio.sleep(1)
+        await call.send_dtmf("*9")
+        await caller.answer("topup-menu", "*")  # leaves the menu
+        await caller.wait_prompt("returning-to-call")
+        await call.send_dtmf("*9")  # while "returning to your call" plays
+        await caller.wait_prompt("topup-menu", timeout=5)
+        await call.send_dtmf("*")
+        await caller.wait_prompt("returning-to-call")
+        await legs.wait(call, "MusicOnHoldStop", Channel=callee)
+        await call.hangup()
+        await call.wait_ended()
+        await access_line.server.wait_idle()
+    finally:
+        legs.close()
+    assert caller.heard.count("topup-menu") == 2
+    balance, reserved, entries = account_state(access_line, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert reserved == 0 and balance == Decimal("0.60") + entries[1].amount
+
+
 def assert_nowhere(line: AccessLine, asterisk: AsteriskInstance, ours: str,
                    secrets: list[str]) -> None:
     """No secret in our logs, Asterisk's logs, or any column of any table. A secret is
@@ -313,3 +377,56 @@ async def test_a_call_that_takes_the_balance_low_sends_one_e_mail(
     assert len(mailbox.envelopes) == 1
     body = mailbox.envelopes[0].content.decode()  # type: ignore[attr-defined]
     assert card.account in body and "0.98" in body  # sent after the first call
+
+
+@pytest.mark.parametrize("access_line", [TOPUP], indirect=True)
+async def test_sigterm_hands_a_caller_in_the_menu_back_to_the_call(
+    access_line: AccessLine, phone: Phone, ami: AmiClient, tmp_path: Path,
+):
+    """`ivr serve` stopped (SIGTERM) while a caller is in the *9 menu: the caller goes back
+    to the call at once (the bridge goes on, its limit restored), not after the grace. The
+    access route's session, which holds the bridged call, gets the grace, then is ended
+    (the call goes on under Asterisk's limit; the next server adopts it). No traceback,
+    and one line says what shutdown did."""
+    await access_line.server.shutdown(grace=1)  # its port goes to a real `ivr serve`
+    s = access_line.settings
+    env = dict(
+        os.environ, IVR_DATA_DIR=str(s.data_dir), IVR_DATABASE_URL=s.database_url,
+        IVR_AGI_PORT=str(s.agi_port), IVR_AMI_PORT=str(s.ami_port), IVR_AMI_SECRET=s.ami_secret,
+        IVR_ASTERISK_INSTANCE=s.asterisk_instance,
+        IVR_ASTERISK_SANDBOX_DIR=str(s.asterisk_sandbox_dir), IVR_ACCESS_LANGUAGES="en",
+        IVR_DIAL_TIMEOUT="4", IVR_LOW_BALANCE_WARNING="0", IVR_FINAL_WARNING="0",
+        IVR_TOPUP_AMOUNTS="0.40,1.00", IVR_SHUTDOWN_GRACE="15",
+    )
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as out:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ivr.cli", "serve", env=env, stdout=out, stderr=out)
+    legs = Legs(ami)
+    try:
+        deadline = time.monotonic() + 30
+        while "FastAGI listening" not in log_path.read_text():
+            assert server.returncode is None and time.monotonic() < deadline, \
+                log_path.read_text()
+            await asyncio.sleep(0.1)
+        card, call, caller, answered_at, callee = await answered_call(
+            access_line, phone, legs, "1.00")
+        await call.send_dtmf("*9")
+        await legs.wait(call, "MusicOnHoldStart", Channel=callee)
+        await caller.wait_prompt("topup-menu")
+        server.send_signal(signal.SIGTERM)
+        stopped_at = time.monotonic()
+        resumed_at, _ = await legs.wait(call, "MusicOnHoldStop", timeout=30, Channel=callee)
+        assert resumed_at - stopped_at < 5, resumed_at - stopped_at  # not after the grace
+        assert await asyncio.wait_for(server.wait(), 30) == 0
+        assert legs.first("Hangup", Channel=callee) is None  # the call goes on
+        await call.hangup()
+        await call.wait_ended()
+    finally:
+        legs.close()
+        if server.returncode is None:
+            server.kill()
+            await server.wait()
+    log = log_path.read_text()
+    assert "shutdown: 1 call(s) handed back to the dialplan, 1 cancelled" in log, log
+    assert "Traceback" not in log and "CancelledError" not in log, log

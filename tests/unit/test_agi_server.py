@@ -247,6 +247,59 @@ async def test_shutdown_lets_calls_finish_then_cancels(make_server):
     await asyncio.gather(slow_call, stuck_call)
 
 
+async def test_shutdown_hands_a_caller_in_a_menu_back_at_once(make_server, caplog):
+    """A route waiting on its caller in a menu (session.interruptible) is ended by shutdown
+    at once, well before the grace: its cleanup runs, the connection closes (Asterisk goes
+    on with the dialplan), nothing is logged as an error, and one line says what happened.
+    A route that is not in a menu is cancelled after its grace, also without a traceback."""
+    cleanup: list[str] = []
+
+    async def menu(call: AgiSession) -> None:
+        call.interruptible = True
+        try:
+            await call.get_data("topup-menu", 60_000, 1)  # never answered
+        finally:
+            call.interruptible = False
+            cleanup.append("limit restored")
+
+    async def busy(call: AgiSession) -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleanup.append("busy ended")
+
+    def rule(command: str) -> list[str] | str:
+        return [] if command.startswith("GET DATA") else default_rule(command)
+
+    server = await make_server({"menu": menu, "busy": busy})
+    fake = FakeAsterisk("127.0.0.1", server.port, rule)
+    menu_call = asyncio.create_task(fake.run_call("menu", uniqueid="m1"))
+    while not any(s.waiting for s in server.sessions):
+        await asyncio.sleep(0.01)
+    caplog.set_level(logging.INFO)
+    await asyncio.wait_for(server.shutdown(grace=60), 10)  # far less than the grace
+    assert cleanup == ["limit restored"]
+    assert await asyncio.wait_for(menu_call, 5) == ['GET DATA "topup-menu" "60000" "1"']
+    assert server.stats.handed_back == 1 and server.stats.cancelled == 0
+    assert server.active_calls == 0
+    assert "shutdown: 1 call(s) handed back to the dialplan, 0 cancelled" in caplog.text
+
+    server = await make_server({"busy": busy})
+    busy_call = asyncio.create_task(
+        FakeAsterisk("127.0.0.1", server.port).run_call("busy", uniqueid="b1"))
+    while server.active_calls < 1:
+        await asyncio.sleep(0.01)
+    await server.shutdown(grace=0.2)
+    await asyncio.wait_for(busy_call, 5)
+    await asyncio.sleep(0)  # the connection task's done callbacks
+    assert cleanup == ["limit restored", "busy ended"]
+    assert server.stats.cancelled == 1
+    assert "shutdown: 0 call(s) handed back to the dialplan, 1 cancelled" in caplog.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert "Traceback" not in caplog.text and "CancelledError" not in caplog.text
+
+
 async def test_secret_input_is_not_logged(make_server, caplog):
     async def pin(call: AgiSession) -> None:
         call.state["pin"] = await call.get_data("enter-pin", secret=True)

@@ -486,18 +486,35 @@ async def test_a_renewal_that_cannot_reach_the_ledger_keeps_the_limit_and_warns(
     c.done(call.key)
 
 
-async def test_a_renewal_is_planned_instead_of_warnings_while_money_is_left(ledger, card, ami):
+async def test_a_renewal_is_planned_and_warnings_from_all_the_money(ledger, card, ami):
     c = CallController(ami, ledger, low_balance_warning=60, final_warning=10)  # type: ignore[arg-type]
-    call, _ = held_call(ledger, card, hold=40)
+    call, _ = held_call(ledger, card, hold=40)  # 100 s of money, 40 s held
     call.answered_at = None
     c.track(call)
     c._on_dial_end({"Uniqueid": call.uniqueid, "DialStatus": "ANSWER",
                     "DestChannel": "Local/callee-9"})
-    assert len(call._timers) == 1 and c.renewal_at(call) == 20  # hold / 2: a short hold
-    when = call._timers[0].when() - c.now()
-    assert 19 < when <= 20
+    assert c.renewal_at(call) == 20  # hold / 2: a short hold
+    # The renewal, and the warnings from what all the money buys (100 s), not the hold.
+    whens = sorted(t.when() - c.now() for t in call._timers)
+    assert len(whens) == 3 and 19 < whens[0] <= 20 and 39 < whens[1] <= 40
+    assert 89 < whens[2] <= 90
     c.done(call.key)
     assert call._timers == []
+
+
+async def test_a_renewal_does_not_repeat_a_warning_already_whispered(ledger, card, ami):
+    now = [0.0]
+    c = CallController(ami, ledger, low_balance_warning=60, final_warning=10,  # type: ignore[arg-type]
+                       clock=lambda: now[0])
+    call, _ = held_call(ledger, card, hold=80)
+    c.track(call)
+    now[0] = 41.0
+    call.whispers.append(("warning", 40.0))  # said at 40 s: 60 s before the money ends
+    await c.renew(call.uniqueid)
+    assert call.granted == 100
+    delays = [t.when() - asyncio.get_running_loop().time() for t in call._timers]
+    assert len(delays) == 1 and 48 < delays[0] <= 49  # the final warning only
+    c.done(call.key)
 
 
 async def test_a_warning_learned_late_is_whispered_at_once(ledger, card, ami):

@@ -120,3 +120,25 @@ def test_operators_add_list_disable(ivr, tmp_path):
     listed = json.loads(ivr("operators", "list", "--json"))["operators"]
     assert [(o["name"], o["active"]) for o in listed] == [("alice", False), ("bob", True)]
     assert "no operator 'carol'" in ivr("operators", "disable", "carol", expect=1)
+
+
+def test_json_refusals_are_one_object_on_stdout(ivr, tmp_path, capsys):
+    from ivr.cli import main
+
+    def refused(*args: str, code: str) -> None:
+        err = ivr(*args, expect=1)  # one line on stderr without --json
+        assert err.count("\n") == 1 and err.startswith("ivr: "), err
+        assert main([*args, "--json"]) == 1
+        out, err_json = capsys.readouterr()
+        assert json.loads(out) == {"error": {"code": code,
+                                             "message": err[len("ivr: "):].rstrip("\n")}}
+        assert err_json == ""
+
+    ivr("prompts", "build", "--lang", "en", "-q", *STORE)
+    refused("prompts", "history", "nosuch", *STORE, code="not_found")
+    refused("prompts", "restore", "welcome", "9", "--lang", "en", *STORE, code="manifest")
+    refused("prompts", "status", "--catalogue", "catalogue.toml", code="asterisk")
+    (tmp_path / "bad.toml").write_text("[catalogue]\nlanguages = []\n")
+    refused("prompts", "status", "--store", "store", "--catalogue", "bad.toml",
+            code="catalogue")
+    refused("operators", "disable", "carol", code="not_found")

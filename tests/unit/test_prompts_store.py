@@ -203,6 +203,30 @@ def test_recorded_prompts_are_never_replaced_by_a_build(store, catalogue, tmp_pa
     assert store.current("welcome", "en").source == "recorded"
 
 
+def test_only_missing_builds_what_has_no_audio_and_keeps_the_rest(store, catalogue, caplog):
+    """What an instance start runs (AsteriskInstance.build_prompts), and what `ivr serve`
+    says when prompts have no audio."""
+    from ivr import cli, prompts
+
+    prompts.set_store(store, catalogue)
+    try:
+        cli._check_prompts()
+        assert "6 voice prompt(s) have no audio" in caplog.text
+        assert "run `ivr prompts build`" in caplog.text
+        build(catalogue, store, langs=("en",), progress=False)
+        changed = parse_catalogue(CATALOGUE.replace('"Goodbye."', '"Good bye, see you."'))
+        report = build(changed, store, only_missing=True, progress=False)
+        # Only the missing language is made; speech from older text is kept (the full
+        # build, `ivr prompts build`, remakes it).
+        assert sorted(report.made) == sorted((p.id, "es") for p in catalogue)
+        assert store.current("goodbye", "en").version == 1
+        caplog.clear()
+        cli._check_prompts()
+        assert caplog.text == ""
+    finally:
+        prompts.set_store(None)
+
+
 def test_build_languages_and_engines_are_checked(store, catalogue):
     report = build(catalogue, store, langs=("es",), progress=False)
     assert {lang for _, lang in report.made} == {"es"}
