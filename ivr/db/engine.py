@@ -49,9 +49,13 @@ SQLITE_BUSY_WAIT = 30.0
 # db_timeout, as reading a large rate deck may take a few seconds.
 STATEMENT_TIMEOUT = 60.0
 POOL_SIZE, MAX_OVERFLOW = 10, 20
-# Threads of Database.run: as many as PostgreSQL connections (a worker stuck on a
-# stopped server holds one).
-WORKERS = POOL_SIZE + MAX_OVERFLOW
+# Threads of Database.run: as many as the event loop's default executor has (what the
+# flows used before). More buy nothing on two cores (one SQLite writer; the PIN checks
+# have their own threads) and cost memory (a malloc arena and a connection each) and
+# latency: 30 made call set-up p50 twice as slow and took memory per live call from 13
+# to 190-350 KB (bench/callsetup.py). Workers stuck on a stopped server make new work
+# time out queued, which is what a caller should hear then.
+WORKERS = min(32, (os.cpu_count() or 1) + 4)
 # SQLite result codes (primary) meaning the database cannot be used now.
 _SQLITE_UNAVAILABLE = {5, 6, 10, 14}  # BUSY, LOCKED, IOERR, CANTOPEN
 
