@@ -15,7 +15,7 @@ all N are there; then the digits are sent, round 1 as a Poisson stream (``--rate
 second), round 2 all at once. Each call's Dial is held until all N are in Dial (the server's
 RSS is read then), then answered NOANSWER; the caller asks for another call after round 1.
 
-Ours runs as `ivr serve` runs (ivr.cli.serve: gc.freeze after start-up, PIN checks on
+Ours runs as `ivr serve` runs (ivr.service.serve: gc.freeze after start-up, PIN checks on
 their own two threads so scrypt's 16 MiB work areas stay in two malloc arenas). ``--mmap``
 also pins ``MALLOC_MMAP_THRESHOLD_`` at 1 MiB, which hands those areas back to the OS.
 """
@@ -95,10 +95,9 @@ def serve(spec: str) -> int:
     """The FastAGI server under test, in this (child) process: the real routes, no AMI
     controller, logging at INFO to stderr as `ivr serve` does. Prints its port; SIGTERM
     stops it."""
-    from ivr import prompts
-    from ivr.cli import serve as cli_serve
     from ivr.config import Settings
-    from ivr.prompts import PromptStore, load_catalogue
+    from ivr.prompts import PromptStore, Voice, load_catalogue
+    from ivr.service import serve as cli_serve
     from ivr.testing import free_port
 
     cfg = json.loads(spec)
@@ -106,7 +105,7 @@ def serve(spec: str) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(data_dir=Path(cfg["data_dir"]), database_url=cfg["database_url"],
                         access_languages="en")
-    prompts.set_store(PromptStore(Path(cfg["store"]), cfg["store"]), load_catalogue())
+    voice = Voice(load_catalogue(), PromptStore(Path(cfg["store"]), cfg["store"]))
 
     async def run() -> None:
         # The server exactly as `ivr serve` runs it. Its AMI port is one nobody listens on:
@@ -114,7 +113,7 @@ def serve(spec: str) -> int:
         # with AMI down), so the live calls are still registered but never whispered to.
         port = free_port()
         await cli_serve(settings.replace(agi_port=port, ami_port=free_port()),
-                        on_started=lambda: print(port, flush=True))
+                        on_started=lambda: print(port, flush=True), voice=voice)
 
     if cfg.get("profile"):
         import cProfile
@@ -397,9 +396,9 @@ async def run_classic(db_path: Path, cards: list[tuple[str, str]], tmp: Path,
 def prepare_database(url: str, count: int, tmp: Path) -> list[tuple[str, str]]:
     """Schema, the test plan and ``count`` cards (one batch: the scrypt hashes are made
     once, before anything is timed). Returns (card number, PIN) pairs."""
-    from ivr.accounts import issue_cards
     from ivr.db import Database
     from ivr.db.migrate import upgrade
+    from ivr.money.accounts import issue_cards
     from ivr.testing.access import PLAN, create_test_plan
 
     db = Database(url)
@@ -522,7 +521,7 @@ def report(args: argparse.Namespace, results: list[Result], *, store_note: str,
     print(f"call-setup bench: {n} calls in flight on the access line; {os.cpu_count()} CPUs "
           f"shared by this driver, the server and the scripts; Python "
           f"{platform.python_version()}, {platform.system()} {platform.release()}")
-    print("ours: `ivr serve` (ivr.cli.serve, the real routes) in its own process, logging INFO "
+    print("ours: `ivr serve` (ivr.service.serve, the real routes) in its own process, logging INFO "
           "to a file; AMI pointed at a closed port, so the call controller registers calls "
           f"but gets no events; access_languages=en; prompts from {store_note}")
     print("classic: `python3 bench/classic_agi.py` forked per call as AGI() does (pyst2 over "

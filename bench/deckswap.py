@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from gendeck import write_deck  # noqa: E402
 
-from ivr import rates_store  # noqa: E402
-from ivr.accounts import create_account  # noqa: E402
 from ivr.db import Database  # noqa: E402
 from ivr.db.migrate import upgrade  # noqa: E402
 from ivr.db.models import EntryKind  # noqa: E402
-from ivr.ledger import Grant, Ledger, credit  # noqa: E402
-from ivr.rates_store import RatingCache, create_plan  # noqa: E402
+from ivr.money import rates_store  # noqa: E402
+from ivr.money.accounts import create_account  # noqa: E402
+from ivr.money.ledger import Grant, Ledger, credit  # noqa: E402
+from ivr.money.rates_store import RatingCache, create_plan  # noqa: E402
 
 AT = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 NUMBER = "93751234567"  # Afghanistan Cellular-AT: 0.2204/min in the first deck

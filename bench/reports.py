@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import insert  # noqa: E402
 
-from ivr import reports  # noqa: E402
 from ivr.db import Database  # noqa: E402
 from ivr.db.migrate import upgrade  # noqa: E402
 from ivr.db.models import Account, Cdr, EntryKind, LedgerEntry, RatingPlan  # noqa: E402
+from ivr.money import reports  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 BATCH = 20_000

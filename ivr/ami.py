@@ -19,11 +19,14 @@ import contextlib
 import fnmatch
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from panoramisk import Manager
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("ivr.ami")
 
@@ -32,6 +35,11 @@ EventCallback = Callable[[Message], Any]
 
 class AmiError(Exception):
     """Base of AMI failures."""
+
+    # What Asterisk's error reply said, for the two refusals callers act on. AMI's
+    # error replies carry no code, only Asterisk's message text: it is read here, once.
+    not_found = False  # DBGet of a missing key
+    no_such_channel = False  # Getvar/Setvar on a channel that is gone
 
 
 class AmiConnectionError(AmiError):
@@ -48,9 +56,12 @@ class AmiActionError(AmiError):
     def __init__(self, action: str, message: Message) -> None:
         super().__init__(f"{action}: {message.get('Message', message)}")
         self.response = message
+        text = str(message.get("Message", "")).lower()
+        self.not_found = "not found" in text
+        self.no_such_channel = "no such channel" in text
 
 
-class _ContainedProtocol(AMIProtocol):
+class _ContainedProtocol(AMIProtocol):  # type: ignore[misc]  # panoramisk is untyped
     """One unparseable message is logged and skipped instead of killing the connection."""
 
     def handle_message(self, message: Message) -> None:
@@ -60,7 +71,7 @@ class _ContainedProtocol(AMIProtocol):
             log.exception("AMI message ignored: %r", message)
 
 
-class _Manager(Manager):
+class _Manager(Manager):  # type: ignore[misc]  # panoramisk is untyped
     """panoramisk's Manager that stops reconnecting once closed."""
 
     closing = False
@@ -113,7 +124,7 @@ class AmiClient:
         self.events = events
 
     @classmethod
-    def from_settings(cls, settings: Any, **kwargs: Any) -> AmiClient:
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> AmiClient:
         """The server's AMI user (its secret: ivr.secrets.ami_secret)."""
         from .secrets import ami_secret
 

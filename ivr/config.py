@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 ENV_PREFIX = "IVR_"
 
@@ -102,7 +103,7 @@ class Settings:
     # Settle calls that ended while the server was down, every this many seconds.
     recovery_interval: float = 5.0
     # One ivr serve per database: the running server renews its lease every this many
-    # seconds; a lease not renewed for 5 heartbeats has expired (ivr.servers).
+    # seconds; a lease not renewed for 5 heartbeats has expired (ivr.live.servers).
     server_heartbeat: float = 1.0
 
     # Mid-call top-up by payment card (ivr.payments).
@@ -129,7 +130,7 @@ class Settings:
     # many seconds (the held party's time beyond the grant is not charged).
     topup_grace: int = 90
 
-    # Low-balance notices outside calls (ivr.notify). E-mail: empty smtp_host means off.
+    # Low-balance notices outside calls (ivr.money.notify). E-mail: empty smtp_host means off.
     smtp_host: str = ""
     smtp_port: int = 25
     smtp_from: str = "ivr@localhost"
@@ -147,8 +148,9 @@ class Settings:
     def effective_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'ivr.sqlite3'}"
 
-    def replace(self, **changes: object) -> Settings:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some fields changed (dataclasses.replace checks the names)."""
+        return dataclasses.replace(self, **changes)
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -156,9 +158,10 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 
 def _coerce(name: str, raw: object) -> object:
     """Turn a file or environment value into the field's type, or raise ConfigError."""
-    default = _FIELDS[name].default
-    if default is dataclasses.MISSING:
-        default = _FIELDS[name].default_factory()  # type: ignore[misc]
+    spec = _FIELDS[name]
+    default: object = spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        default = spec.default_factory()
     kind = type(default)
     try:
         if isinstance(default, Path):
@@ -239,4 +242,5 @@ def load_settings(
         name = env_name[len(ENV_PREFIX) :].lower()
         if name in _FIELDS:
             values[name] = _coerce(name, raw)
+    # Each value has its field's type (_coerce), which one dict's value type cannot say.
     return Settings(**values)  # type: ignore[arg-type]

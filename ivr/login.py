@@ -18,16 +18,17 @@ import enum
 import functools
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from .accounts import count_pin_result, lock_card
-from .db import Database
+from .config import Settings
+from .db import Database, rows_changed
 from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
-from .ledger import utcnow
+from .money.accounts import count_pin_result, lock_card
+from .money.ledger import utcnow
 from .secrets import hash_pin, pin_check
 
 log = logging.getLogger("ivr.login")
@@ -70,11 +71,11 @@ class LoginPolicy:
     callerid_failure_window: int = 3600  # seconds
 
     @classmethod
-    def from_settings(cls, settings: object) -> LoginPolicy:
+    def from_settings(cls, settings: Settings) -> LoginPolicy:
         return cls(
-            settings.pin_max_failures,  # type: ignore[attr-defined]
-            settings.callerid_max_failures,  # type: ignore[attr-defined]
-            settings.callerid_failure_window,  # type: ignore[attr-defined]
+            settings.pin_max_failures,
+            settings.callerid_max_failures,
+            settings.callerid_failure_window,
         )
 
 
@@ -165,8 +166,8 @@ def holder(db: Database, card_id: int) -> Cardholder:
 def forget_failures(db: Database, older_than: datetime) -> int:
     """Housekeeping: drop failure records past any window."""
     with db.transaction() as s:
-        result = s.execute(delete(AuthFailure).where(AuthFailure.at < older_than))
-        return int(result.rowcount or 0)
+        return rows_changed(
+            s.execute(delete(AuthFailure).where(AuthFailure.at < older_than)))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -205,7 +206,7 @@ def _count_pin(db: Database, card_id: int, ok: bool, callerid: str | None,
         return LoginResult(Verdict.WRONG_PIN, card.id)
 
 
-def _card_state(s: Session, card: Card, today: object) -> Verdict | None:
+def _card_state(s: Session, card: Card, today: date) -> Verdict | None:
     """Why a card cannot log in, or None."""
     if card.status in (CardStatus.LOCKED, CardStatus.BLOCKED):
         return Verdict.LOCKED
@@ -216,7 +217,7 @@ def _card_state(s: Session, card: Card, today: object) -> Verdict | None:
     return None
 
 
-def _usable(s: Session, card: Card, today: object) -> LoginResult:
+def _usable(s: Session, card: Card, today: date) -> LoginResult:
     state = _card_state(s, card, today)
     if state is not None:
         return LoginResult(state, card.id)

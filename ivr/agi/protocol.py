@@ -109,23 +109,27 @@ class LineBuffer:
 
 @dataclass(frozen=True)
 class AgiEnvironment(Mapping[str, str]):
-    """The ``agi_*`` variables Asterisk sends first, keys without the ``agi_`` prefix."""
+    """The ``agi_*`` variables Asterisk sends first, keys without the ``agi_`` prefix.
 
-    values: dict[str, str] = field(default_factory=dict)
+    The field is ``variables``, not ``values``: a field of that name would hide
+    ``Mapping.values()``, and ``env.values()`` would try to call the dict.
+    """
+
+    variables: dict[str, str] = field(default_factory=dict)
     args: tuple[str, ...] = ()
 
     def __getitem__(self, key: str) -> str:
-        return self.values[key]
+        return self.variables[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.values)
+        return iter(self.variables)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.variables)
 
     @property
     def network_script(self) -> str:
-        return self.values.get("network_script", "")
+        return self.variables.get("network_script", "")
 
     @property
     def route(self) -> str:
@@ -142,15 +146,15 @@ class AgiEnvironment(Mapping[str, str]):
 
     @property
     def uniqueid(self) -> str:
-        return self.values.get("uniqueid", "")
+        return self.variables.get("uniqueid", "")
 
     @property
     def channel(self) -> str:
-        return self.values.get("channel", "")
+        return self.variables.get("channel", "")
 
     @property
     def callerid(self) -> str:
-        value = self.values.get("callerid", "")
+        value = self.variables.get("callerid", "")
         return "" if value == "unknown" else value
 
 

@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from .protocol import (
     AgiEnvironment,
@@ -60,7 +61,7 @@ HAND_BACK_POLL = 0.1
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
 
@@ -121,12 +122,14 @@ class _Gate(asyncio.StreamReaderProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self._server._admit(transport):
-            transport.abort()
+            # A stream server's transport is an asyncio.Transport, which has abort().
+            cast(asyncio.Transport, transport).abort()
             return
         self._admitted = True
         if isinstance(getattr(transport, "max_size", None), int):
-            # The selector transport's recv() size (256 KiB): per connection, what one read
-            # can add to the buffer before reading pauses. AGI needs little.
+            # The selector transport's recv() size (256 KiB; an undeclared attribute, hence
+            # the ignore): per connection, what one read can add to the buffer before
+            # reading pauses. AGI needs little.
             transport.max_size = RECV_SIZE  # type: ignore[attr-defined]
         super().connection_made(transport)
 

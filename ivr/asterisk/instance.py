@@ -102,10 +102,6 @@ class AsteriskInstance:
         return self.host(f"{self.state_dir}/log/messages.log")
 
     @property
-    def sounds_dir(self) -> Path:
-        return self.host(f"{self.install.data_dir}/sounds")
-
-    @property
     def prompts_dir(self) -> str:
         """The voice-prompt store as Asterisk sees it (``host()`` maps it): the instance's
         ``prompts/`` inside the sandbox root, ``data_dir/prompts`` for a system Asterisk."""

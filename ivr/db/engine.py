@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, select, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -260,6 +260,14 @@ def lock_account(session: Session, account_id: int) -> Account:
     return account
 
 
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched. ``Session.execute()`` is typed to return
+    a Result, but for these statements it gives a CursorResult, the kind with a rowcount."""
+    if not isinstance(result, CursorResult):
+        raise TypeError(f"a {type(result).__name__} has no row count")
+    return result.rowcount
+
+
 @contextmanager
 def _unavailable_as_such() -> Iterator[None]:
     """Raise :class:`DatabaseUnavailable` for errors meaning the database cannot be used
@@ -287,4 +295,6 @@ def _is_unavailable(exc: OperationalError) -> bool:
     if state:  # PostgreSQL: connection (08), resources (53), shutdown (57P), time-outs
         return state[:2] in ("08", "53") or state.startswith("57P") or state in (
             "55P03", "57014")
-    return "connect" in str(orig).lower()  # a failed connect has no SQLSTATE
+    # A failed connect has no SQLSTATE: no server answered. psycopg's errors carry one
+    # whenever the server sent it, so none at all means the server was not reached.
+    return state is None and type(orig).__module__.split(".")[0] == "psycopg"

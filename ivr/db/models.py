@@ -74,6 +74,17 @@ class ReservationStatus(enum.StrEnum):
     RELEASED = "released"
 
 
+class PaymentStatus(enum.StrEnum):
+    """Where a card payment attempt stands (ivr.payments). ``pending`` and ``timeout``
+    are unresolved: the gateway may or may not have charged, and reconciliation asks it."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DECLINED = "declined"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
 class RatingPlan(Base):
     __tablename__ = "rating_plans"
 
@@ -210,9 +221,10 @@ class Reservation(Base):
     )
     rated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     uniqueid: Mapped[str | None] = mapped_column(String(150), nullable=True)
-    # A live call's key (``<channel uniqueid>/<attempt>``): the idempotency key of its
-    # settlement, and the AstDB key under which Asterisk records how the call ended, so
-    # a call that ends while the server is down is settled on restart (ivr.calls).
+    # A live call's key (``<channel uniqueid>-<attempt>``, ivr.live.calls.CallKey): the
+    # idempotency key of its settlement, and the AstDB key under which Asterisk records
+    # how the call ended, so a call that ends while the server is down is settled on
+    # restart (ivr.live.recovery, through ivr.live.charging).
     call_key: Mapped[str | None] = mapped_column(String(150), nullable=True, unique=True)
     channel: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -223,7 +235,7 @@ class Reservation(Base):
     rates_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate_snapshot: Mapped[str | None] = mapped_column(Text, nullable=True)
     # The server that dialled the call: recovery touches only its own server's calls, or
-    # those of a server whose lease ended (ivr.servers).
+    # those of a server whose lease ended (ivr.live.servers).
     server_id: Mapped[int | None] = mapped_column(ForeignKey("servers.id"), nullable=True)
     # When the call was answered, and the last time a server saw it up with Asterisk
     # alive (its heartbeat): an answered call lost with Asterisk is billed up to then.
@@ -234,7 +246,7 @@ class Reservation(Base):
 
 class Server(Base):
     """A run of ``ivr serve`` and its lease on the database: one runs at a time; a lease
-    ends when its server stops, or its heartbeat stops (ivr.servers)."""
+    ends when its server stops, or its heartbeat stops (ivr.live.servers)."""
 
     __tablename__ = "servers"
 
@@ -289,7 +301,7 @@ class VoucherStatus(enum.StrEnum):
 
 
 class Voucher(Base):
-    """A recharge code. Only a keyed hash of it is stored (HMAC-SHA256, ivr.vouchers): the
+    """A recharge code. Only a keyed hash of it is stored (HMAC-SHA256, ivr.money.vouchers): the
     CSV written at generation is the one clear copy. Redeemed exactly once (a conditional
     UPDATE on status)."""
 
@@ -337,7 +349,8 @@ class Payment(Base):
     source: Mapped[str] = mapped_column(String(16))  # card, stored, auto
     amount: Mapped[Decimal] = mapped_column(Money)
     currency: Mapped[str] = mapped_column(String(3))
-    status: Mapped[str] = mapped_column(String(16))  # approved, declined, timeout, error
+    # The same VARCHAR(16) the column was created with (migration 0004): no schema change.
+    status: Mapped[PaymentStatus] = mapped_column(_enum(PaymentStatus))
     gateway_ref: Mapped[str] = mapped_column(String(128), default="")
     last4: Mapped[str] = mapped_column(String(4), default="")
     reason: Mapped[str] = mapped_column(String(128), default="")

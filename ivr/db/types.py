@@ -4,8 +4,9 @@ float)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import BigInteger
 from sqlalchemy.types import TypeDecorator
@@ -53,3 +54,19 @@ def display(amount: Decimal, min_decimals: int = 2) -> str:
     frac = frac.rstrip("0")
     frac = frac + "0" * max(0, min_decimals - len(frac))
     return f"{whole}.{frac}" if frac else whole
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(value: None) -> None: ...
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A time read from a timezone-aware column, made aware: SQLite returns naive
+    datetimes, and they were stored as UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)

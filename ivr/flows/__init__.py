@@ -1,13 +1,20 @@
-"""Call flows, one FastAGI route each: ``AGI(agi://host:4573/<route>)``."""
+"""Call flows, one FastAGI route each: ``AGI(agi://host:4573/<route>)``. A route is
+``async def route(call, app)``; ``App.routes()`` binds them to one application."""
 
-from ..agi import Handler
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from .access import access
 from .hello import hello
 from .operator import operator
 from .topup import topup
 from .whisper import whisper
 
-ROUTES: dict[str, Handler] = {
+if TYPE_CHECKING:
+    from ..app import Route
+
+ROUTES: dict[str, Route] = {
     "access": access,
     "hello": hello,
     "operator": operator,

@@ -13,7 +13,7 @@ Money safety:
   ``U()``) sets ``TIMEOUT(absolute)`` on the called channel at answer, and a looser limit
   on the caller's channel is a backstop. If this server dies mid-call the call still ends
   on time; the ``ivr-access-hangup`` handler records how it ended in AstDB and the
-  restarted server settles it (:mod:`ivr.calls`).
+  restarted server settles it (:mod:`ivr.live.calls`).
 - Settlement is idempotent per call key (``<uniqueid>-<attempt>``).
 
 Card numbers and PINs are read with ``secret=True`` and never logged.
@@ -24,17 +24,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .. import login, notify, prompts, runtime
-from ..agi import AgiSession
-from ..calls import ASTDB_FAMILY, BACKSTOP_MARGIN, CallController, CallOutcome, LiveCall
-from ..config import Settings
-from ..db import Database, run_bounded
-from ..ledger import Grant, Ledger, Refusal, Settlement
+from .. import login
+from ..agi import AgiHangup, AgiSession
+from ..live.calls import ASTDB_FAMILY, CallController, CallKey, CallOutcome, backstop
+from ..live.charging import Charging
 from ..login import Cardholder, LoginPolicy, LoginResult, Verdict
+from ..money.ledger import Grant, Refusal, Settlement
 from ..numbers import InvalidNumber, keypad_digits, normalise, normalise_callerid
-from ..prompts.say import say_duration, say_money
+from .base import LineCall
 from .topup import TopUpSession, topup_menu
+
+if TYPE_CHECKING:
+    from ..app import App
 
 log = logging.getLogger("ivr.flows.access")
 
@@ -43,21 +46,17 @@ DESTINATION_MAX_DIGITS = 20
 DESTINATION_TIMEOUT_MS = 10_000
 
 @dataclass
-class AccessCall:
+class AccessCall(LineCall):
     """One caller's session on the access line."""
 
-    call: AgiSession
-    settings: Settings
-    db: Database
-    ledger: Ledger
-    controller: CallController | None
+    controller: CallController | None  # of the Asterisk box the call is on
     callerid: str | None  # E.164 digits, None when withheld
     holder: Cardholder | None = None
     attempts: int = 0
 
     @property
-    def tag(self) -> str:
-        return f"[{self.call.env.uniqueid}]"
+    def charging(self) -> Charging:
+        return self.app.charging
 
 
 @dataclass(frozen=True)
@@ -67,13 +66,10 @@ class DialResult:
     cut_at_limit: bool
 
 
-async def access(call: AgiSession) -> None:
-    settings = runtime.get_settings()
-    db, ledger = await run_bounded(settings.db_timeout,
-                                   lambda: (runtime.get_database(), runtime.get_ledger()))
+async def access(call: AgiSession, app: App) -> None:
     session = AccessCall(
-        call, settings, db, ledger, runtime.get_controller(),
-        normalise_callerid(call.env.callerid, settings.default_region),
+        call, app, app.controller_for(call),
+        normalise_callerid(call.env.callerid, app.settings.default_region),
     )
     await call.answer()
     await choose_language(session)
@@ -81,16 +77,16 @@ async def access(call: AgiSession) -> None:
     if holder is not None:
         session.holder = holder
         await calls_until_done(session)
-    await finish(call)
+    await finish(session)
 
 
-async def finish(call: AgiSession) -> None:
+async def finish(s: AccessCall) -> None:
     """The route's own end. IVR_DONE tells the dialplan so: a channel it gets back
     without it (this server died or the session broke mid-call: AGISTATUS is SUCCESS all
     the same) hears "service unavailable" rather than silence."""
-    await call.set_variable("IVR_DONE", "1", dead_ok=True)
-    await prompts.play(call, "goodbye")
-    await call.hangup()
+    await s.call.set_variable("IVR_DONE", "1", dead_ok=True)
+    await s.voice.play(s.call, "goodbye")
+    await s.call.hangup()
 
 
 # --------------------------------------------------------------------------- steps
@@ -98,46 +94,46 @@ async def finish(call: AgiSession) -> None:
 
 async def choose_language(s: AccessCall) -> None:
     """Each language's "press N" is played in that language; no key keeps the first."""
-    catalogue = prompts.get_catalogue()
+    catalogue = s.voice.catalogue
     wanted = [x.strip() for x in s.settings.access_languages.split(",") if x.strip()]
     languages = [lang for lang in (wanted or catalogue.languages) if lang in catalogue.languages]
     if not languages:
         languages = [catalogue.default_language]
-    prompts.set_language(s.call, languages[0])
+    s.voice.set_language(s.call, languages[0])
     if len(languages) == 1:
         return
     keys = "".join(str(i + 1) for i in range(len(languages)))
     for _ in range(2):
         for lang in languages:
             digit, _pos = await s.call.stream_file(
-                prompts.path(s.call, "choose-language", lang), keys
+                s.voice.path(s.call, "choose-language", lang), keys
             )
             if digit:
                 break
         else:
             digit = await s.call.wait_for_digit(3000)
         if digit in keys and digit:
-            prompts.set_language(s.call, languages[int(digit) - 1])
+            s.voice.set_language(s.call, languages[int(digit) - 1])
             return
         if digit:
-            await prompts.play(s.call, "invalid-option")
+            await s.voice.play(s.call, "invalid-option")
         else:
             return  # no choice: the first language
 
 
 async def identify(s: AccessCall) -> Cardholder | None:
     """Pinless by caller ID, else card number then PIN. None: the call ends."""
-    await prompts.play(s.call, "welcome")
+    await s.voice.play(s.call, "welcome")
     policy = LoginPolicy.from_settings(s.settings)
     result = await s.db.run(login.pinless, s.db, s.callerid)
     if result is not None:
         log.info("%s pinless log-in, card ...%s", s.tag, _last4(result))
         if result.verdict in (Verdict.OK, Verdict.EMPTY):
-            await prompts.play(s.call, "welcome-back")
+            await s.voice.play(s.call, "welcome-back")
         return await _admit(s, result)
     if await s.db.run(login.throttled, s.db, s.callerid, policy):
         log.warning("%s log-in refused: too many failures from this caller ID", s.tag)
-        await prompts.play(s.call, "too-many-attempts")
+        await s.voice.play(s.call, "too-many-attempts")
         return None
     return await _log_in(s, policy)
 
@@ -147,12 +143,12 @@ async def _log_in(s: AccessCall, policy: LoginPolicy) -> Cardholder | None:
     the same refusal and the same next question (both again), and a card's state (locked,
     expired) is said only after its right PIN, so nothing tells which numbers exist."""
     for _ in range(MAX_TRIES):
-        typed = await prompts.ask(s.call, "enter-card-number", 10_000, 20, secret=True)
+        typed = await s.voice.ask(s.call, "enter-card-number", 10_000, 20, secret=True)
         number = keypad_digits(typed)
         if not number:
-            await prompts.play(s.call, "no-input")
+            await s.voice.play(s.call, "no-input")
             continue
-        pin = await prompts.ask(s.call, "enter-pin", 10_000, 12, secret=True)
+        pin = await s.voice.ask(s.call, "enter-pin", 10_000, 12, secret=True)
         result = await s.db.run(
             login.log_in, s.db, number, keypad_digits(pin), s.callerid, policy
         )
@@ -162,8 +158,8 @@ async def _log_in(s: AccessCall, policy: LoginPolicy) -> Cardholder | None:
             log.info("%s unknown card number", s.tag)
         else:
             log.info("%s wrong PIN for card id %s", s.tag, result.card_id)
-        await prompts.play(s.call, "invalid-login")
-    await prompts.play(s.call, "too-many-attempts")
+        await s.voice.play(s.call, "invalid-login")
+    await s.voice.play(s.call, "too-many-attempts")
     return None
 
 
@@ -171,33 +167,33 @@ async def _admit(s: AccessCall, result: LoginResult) -> Cardholder | None:
     """Say why a card cannot call, or return its holder."""
     verdict = result.verdict
     if verdict is Verdict.LOCKED:
-        await prompts.play(s.call, "card-locked")
+        await s.voice.play(s.call, "card-locked")
         return None
     if verdict is Verdict.EXPIRED:
-        await prompts.play(s.call, "card-expired")
+        await s.voice.play(s.call, "card-expired")
         return None
     if verdict is Verdict.EMPTY:
         assert result.holder is not None
         await announce_balance(s, result.holder)
-        await prompts.play(s.call, "card-empty")
+        await s.voice.play(s.call, "card-empty")
         # The top-up menu, as during a call; with money added the caller goes on.
         holder = result.holder
-        menu = TopUpSession(s.call, s.settings, s.db, holder.card_id, holder.account_id,
+        menu = TopUpSession(s.call, s.app, holder.card_id, holder.account_id,
                             holder.currency, s.callerid)
         if not await topup_menu(menu):
             return None
         refreshed = await s.db.run(login.holder, s.db, holder.card_id)
         return refreshed if refreshed.available > 0 else None
     if verdict is not Verdict.OK or result.holder is None:
-        await prompts.play(s.call, "invalid-login")
+        await s.voice.play(s.call, "invalid-login")
         return None
     log.info("%s card ...%s logged in", s.tag, result.holder.last4)
     return result.holder
 
 
 async def announce_balance(s: AccessCall, holder: Cardholder) -> None:
-    await prompts.play(s.call, "your-balance-is")
-    await say_money(s.call, holder.available, holder.currency)
+    await s.voice.play(s.call, "your-balance-is")
+    await s.voice.say_money(s.call, holder.available, holder.currency)
 
 
 async def calls_until_done(s: AccessCall) -> None:
@@ -213,9 +209,9 @@ async def calls_until_done(s: AccessCall) -> None:
         s.holder = await s.db.run(login.holder, s.db, s.holder.card_id)
         await after_call(s, result)
         if s.holder.available <= 0:
-            await prompts.play(s.call, "card-empty")
+            await s.voice.play(s.call, "card-empty")
             return
-        choice = await prompts.ask(s.call, "another-call", 5000, 1)
+        choice = await s.voice.ask(s.call, "another-call", 5000, 1)
         if choice != "1":
             return
 
@@ -224,34 +220,34 @@ async def choose_destination(s: AccessCall) -> _Reserved | None:
     """Ask for a number until one is rated and reserved; None after MAX_TRIES failures."""
     assert s.holder is not None
     for _ in range(MAX_TRIES):
-        typed = await prompts.ask(s.call, "enter-destination", DESTINATION_TIMEOUT_MS,
+        typed = await s.voice.ask(s.call, "enter-destination", DESTINATION_TIMEOUT_MS,
                                   DESTINATION_MAX_DIGITS)
         if not typed:
-            await prompts.play(s.call, "no-input")
+            await s.voice.play(s.call, "no-input")
             continue
         try:
             number = normalise(typed, s.settings.default_region)
         except InvalidNumber as exc:
             log.info("%s invalid destination (%s)", s.tag, exc)
-            await prompts.play(s.call, "invalid-number")
+            await s.voice.play(s.call, "invalid-number")
             continue
         reserved = await reserve(s, number)
         if isinstance(reserved, _Reserved):
             return reserved
         if reserved is Refusal.NO_RATE:
-            await prompts.play(s.call, "unknown-destination")
+            await s.voice.play(s.call, "unknown-destination")
         elif reserved is Refusal.INSUFFICIENT_FUNDS:
-            await prompts.play(s.call, "not-enough-balance")
+            await s.voice.play(s.call, "not-enough-balance")
         else:  # the card or account was locked meanwhile
-            await prompts.play(s.call, "card-locked")
+            await s.voice.play(s.call, "card-locked")
             return None
-    await prompts.play(s.call, "too-many-attempts")
+    await s.voice.play(s.call, "too-many-attempts")
     return None
 
 
 @dataclass(frozen=True)
 class _Reserved:
-    key: str
+    key: CallKey
     number: str
     grant: Grant
 
@@ -261,32 +257,22 @@ async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
     The hold is released if anything (a hang-up) happens before dial() takes it over."""
     assert s.holder is not None
     s.attempts += 1
-    key = f"{s.call.env.uniqueid or 'call'}-{s.attempts}"
-    if s.controller:
-        s.controller.claim(key)
-    try:
-        grant = await s.db.run(
-            s.ledger.authorize, number, card_id=s.holder.card_id, call_key=key,
-            channel=s.call.env.channel, hold=s.settings.reservation_hold or None,
-        )
-    except BaseException:
-        # Unclaimed: if the database commits the reservation after we gave up on it, the
-        # recovery sweep releases it once the caller's channel is gone.
-        _forget(s, key)
-        raise
+    key = CallKey(s.call.env.uniqueid or "call", s.attempts)
+    grant = await s.charging.authorize(s.controller, key, number, card_id=s.holder.card_id,
+                                       channel=s.call.env.channel)
     if not isinstance(grant, Grant):
-        _forget(s, key)
         log.info("%s destination refused: %s", s.tag, grant.value)
         return grant
     reserved = _Reserved(key, number, grant)
     try:
-        await prompts.play(s.call, "you-have")
+        await s.voice.play(s.call, "you-have")
         # What the money buys; the hold may be less and is renewed during the call.
-        await say_duration(s.call, grant.affordable, whole_minutes=grant.affordable >= 60)
-        await prompts.play(s.call, "for-this-call")
+        await s.voice.say_duration(s.call, grant.affordable,
+                                   whole_minutes=grant.affordable >= 60)
+        await s.voice.play(s.call, "for-this-call")
     except BaseException:
         await _release(s, reserved, "caller hung up before dial")
-        _forget(s, key)
+        s.charging.done(s.controller, key)
         raise
     return reserved
 
@@ -294,29 +280,27 @@ async def reserve(s: AccessCall, number: str) -> _Reserved | Refusal:
 async def dial(s: AccessCall, r: _Reserved) -> DialResult:
     """Dial with Asterisk enforcing the grant, then settle or release exactly once."""
     call, grant = s.call, r.grant
+    assert s.holder is not None
     closed = dialled = False
     try:
-        await prompts.play(call, "connecting")
-        if s.controller:
-            s.controller.track(LiveCall(r.key, call.env.uniqueid, call.env.channel,
-                                        grant.reservation_id, grant.seconds,
-                                        prompts.language(call), card_id=s.holder.card_id,
-                                        callerid=s.callerid,
-                                        auto_recharge=grant.auto_recharge,
-                                        hold=s.settings.reservation_hold,
-                                        affordable=grant.affordable))
+        await s.voice.play(call, "connecting")
+        s.charging.track(s.controller, r.key, grant, channel=call.env.channel,
+                         language=s.voice.language(call), card_id=s.holder.card_id,
+                         callerid=s.callerid)
         # From here a hang-up handler records the outcome in Asterisk (AstDB) unless we
-        # settle first: a call that outlives this server is still settled (ivr.calls).
+        # settle first: a call that outlives this server is still settled (ivr.live.recovery).
         await call.set_variable("IVR_SETTLED", "0")
-        await call.set_variable("IVR_CALL_KEY", r.key)
+        await call.set_variable("IVR_CALL_KEY", str(r.key))
         await call.set_variable("CHANNEL(hangup_handler_push)", "ivr-access-hangup,s,1")
         # The caller may press *9 during the call: the top-up menu (features.conf).
         await call.set_variable("__DYNAMIC_FEATURES", "topup")
         await call.set_variable("TIMEOUT(absolute)",
-                                s.settings.dial_timeout + grant.seconds + BACKSTOP_MARGIN)
+                                backstop(s.settings.dial_timeout + grant.seconds))
         target = s.settings.trunk_dial.format(number=r.number)
         log.info("%s dialling %s for up to %ss (reservation %s)", s.tag, r.number,
                  grant.seconds, grant.reservation_id)
+        if call.hung_up:  # the session sends nothing more: Dial will not run
+            raise AgiHangup("caller hung up before Dial")
         dialled = True
         await call.exec("Dial", target, str(s.settings.dial_timeout),
                         f"U(ivr-access-answered^{grant.seconds}^{r.key})")
@@ -329,22 +313,17 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
                         s.tag, r.key)
             return DialResult(status, None, False)
         outcome = CallOutcome.parse(record) if record else CallOutcome(status, 0)
-        settlement = None
-        if outcome.dial_status == "ANSWER":
-            settlement = await s.db.run(
-                s.ledger.settle, grant.reservation_id, outcome.billsec, uniqueid=r.key,
-                caller=s.callerid or "", hangup_cause=status,
-            )
+        settlement = await s.charging.close(r.key, grant.reservation_id, grant.account_id,
+                                            outcome, caller=s.callerid or "", cause=status,
+                                            controller=s.controller)
+        if settlement is not None:
             log.info("%s call to %s: %ss, cost %s %s", s.tag, r.number, settlement.seconds,
                      settlement.cost, grant.currency)
-            notify_low_balance(s, grant.account_id)
         else:
-            await s.db.run(s.ledger.release, grant.reservation_id, uniqueid=r.key,
-                           caller=s.callerid or "", hangup_cause=status)
             log.info("%s call to %s not answered: %s", s.tag, r.number, status)
         closed = True
         await call.set_variable("IVR_SETTLED", "1", dead_ok=True)
-        await call.database_del(ASTDB_FAMILY, r.key)
+        await call.database_del(ASTDB_FAMILY, str(r.key))
         if not call.hung_up:
             await call.set_variable("TIMEOUT(absolute)", 0)
         cut = settlement is not None and settlement.seconds >= settlement.granted
@@ -354,23 +333,23 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
             await _release(s, r, "caller hung up before dial")
         # Dialled but not settled here (the AGI connection broke): Asterisk's hang-up
         # handler records the outcome and the recovery sweep settles it, once unclaimed.
-        _forget(s, r.key)
+        s.charging.done(s.controller, r.key)
 
 
 RECORD_WAIT = 3.0  # seconds to wait for an answered call's AstDB record
 RECORD_POLL = 0.05
 
 
-async def answered_record(call: AgiSession, key: str, status: str) -> str | None:
+async def answered_record(call: AgiSession, key: CallKey, status: str) -> str | None:
     """The call's AstDB record. The called channel's hang-up handler writes it while
     that channel is torn down, which can finish a moment after Dial has returned to us,
     so an answered call's record is waited for."""
-    record = await call.database_get(ASTDB_FAMILY, key)
+    record = await call.database_get(ASTDB_FAMILY, str(key))
     waited = 0.0
     while record is None and status == "ANSWER" and waited < RECORD_WAIT:
         await asyncio.sleep(RECORD_POLL)
         waited += RECORD_POLL
-        record = await call.database_get(ASTDB_FAMILY, key)
+        record = await call.database_get(ASTDB_FAMILY, str(key))
     return record
 
 
@@ -378,26 +357,26 @@ async def after_call(s: AccessCall, result: DialResult) -> None:
     """What happened, in the caller's ear: a failed dial's reason, or the cost and the
     new balance."""
     if result.settlement is None:
-        await say_dial_failure(s.call, result.status)
+        await say_dial_failure(s, result.status)
         return
     if result.cut_at_limit:
-        await prompts.play(s.call, "time-up")
+        await s.voice.play(s.call, "time-up")
     assert s.holder is not None
-    await prompts.play(s.call, "call-cost")
-    await say_money(s.call, result.settlement.cost, s.holder.currency)
+    await s.voice.play(s.call, "call-cost")
+    await s.voice.say_money(s.call, result.settlement.cost, s.holder.currency)
     await announce_balance(s, s.holder)
 
 
-async def say_dial_failure(call: AgiSession, status: str) -> None:
+async def say_dial_failure(s: AccessCall, status: str) -> None:
     """BUSY, NOANSWER, CONGESTION and CHANUNAVAIL each have their prompt."""
     if status == "BUSY":
-        await prompts.play(call, "busy")
+        await s.voice.play(s.call, "busy")
     elif status == "NOANSWER":
-        await prompts.play(call, "no-answer")
+        await s.voice.play(s.call, "no-answer")
     elif status in ("CONGESTION", "CHANUNAVAIL"):
-        await prompts.play(call, "congestion")
+        await s.voice.play(s.call, "congestion")
     else:
-        await prompts.play(call, "call-failed")
+        await s.voice.play(s.call, "call-failed")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -405,50 +384,8 @@ async def say_dial_failure(call: AgiSession, status: str) -> None:
 
 async def _release(s: AccessCall, r: _Reserved, why: str) -> None:
     """Free the hold of a call that never reached Dial."""
-    try:
-        await asyncio.shield(s.db.run(
-            s.ledger.release, r.grant.reservation_id, uniqueid=r.key,
-            caller=s.callerid or "", hangup_cause=why))
-    except Exception:
-        # The hold stays open; the recovery sweep releases it (no record, no channel).
-        log.exception("%s reservation %s not released", s.tag, r.grant.reservation_id)
-
-
-_notices: set[asyncio.Task[object]] = set()
-
-
-def notify_low_balance(s: AccessCall, account_id: int) -> None:
-    """After a charge, the account's low-balance e-mail/SMS (ivr.notify), in the
-    background: the caller does not wait for a mail server."""
-    try:
-        email, sms = notify.senders_from_settings(
-            s.settings, ami=s.controller.ami if s.controller else None)
-    except ValueError as exc:
-        log.warning("%s low-balance notice not sent: %s", s.tag, exc)
-        return
-    if email is None and sms is None:
-        return
-    task = asyncio.ensure_future(notify.check_low_balance(s.db, account_id, email=email,
-                                                          sms=sms))
-    _notices.add(task)
-
-    def done(t: asyncio.Task[object]) -> None:
-        _notices.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            log.warning("%s low-balance notice failed: %s", s.tag, t.exception())
-
-    task.add_done_callback(done)
-
-
-def _forget(s: AccessCall, key: str) -> None:
-    if s.controller:
-        s.controller.done(key)
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.strip().isdigit() else None
+    await s.charging.release(r.key, r.grant.reservation_id, caller=s.callerid or "", why=why)
 
 
 def _last4(result: LoginResult) -> str:
     return result.holder.last4 if result.holder else "????"
-

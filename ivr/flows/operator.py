@@ -7,9 +7,10 @@ A kept recording becomes the prompt's current version (source ``recorded``), so 
 longer replace it; the versions before it stay in the store's history
 (``ivr prompts restore``).
 
-PIN digits are never logged. Database work runs in a worker thread, one transaction per
-step. A hang-up at any point ends the call (AgiHangup propagates): the manifest only
-changes in one atomic step once a recording is kept, and work files are removed.
+PIN digits are never logged. The PIN check (ivr.operators.log_in) runs in a worker
+thread, scrypt outside any transaction. A
+hang-up at any point ends the call (AgiHangup propagates): the manifest only changes
+in one atomic step once a recording is kept, and work files are removed.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .. import prompts
+from .. import operators
 from ..agi import AgiCommandFailed, AgiHangup, AgiSession
 from ..prompts.audio import AudioError, to_asterisk, wav_duration
 from ..prompts.catalogue import Prompt, text_hash
 from ..prompts.store import PromptStore, Version
+
+if TYPE_CHECKING:
+    from ..app import App
 
 log = logging.getLogger("ivr.flows.operator")
 
@@ -36,100 +40,101 @@ MIN_RECORDING_SECONDS = 0.3
 MAX_TAKES = 10  # then the attempt is cancelled
 
 
-async def operator(call: AgiSession) -> None:
+async def operator(call: AgiSession, app: App) -> None:
     await call.answer()
-    await prompts.play(call, "op-welcome")
-    name = await _log_in(call)
+    await app.voice.play(call, "op-welcome")
+    name = await _log_in(call, app)
     if name is None:
-        await prompts.play(call, "too-many-attempts")
+        await app.voice.play(call, "too-many-attempts")
     else:
         while True:
-            prompt = await _choose_prompt(call)
+            prompt = await _choose_prompt(call, app)
             if prompt is None:
                 break
-            lang = await _choose_language(call)
+            lang = await _choose_language(call, app)
             if lang is not None:
-                await _record(call, name, prompt, lang)
-    await prompts.play(call, "goodbye")
+                await _record(call, app, name, prompt, lang)
+    await app.voice.play(call, "goodbye")
     await call.hangup()
 
 
 # --------------------------------------------------------------------------- steps
 
 
-async def _log_in(call: AgiSession) -> str | None:
+async def _log_in(call: AgiSession, app: App) -> str | None:
     for _ in range(MAX_PIN_TRIES):
-        pin = await prompts.ask(call, "op-enter-pin", 10_000, PIN_MAX_DIGITS, secret=True)
+        pin = await app.voice.ask(call, "op-enter-pin", 10_000, PIN_MAX_DIGITS, secret=True)
         if pin and pin.isdigit():
-            name = await asyncio.to_thread(check_operator_pin, pin)
+            name = await app.db.run(operators.log_in, app.db, pin)
             if name is not None:
                 log.info("[%s] operator %s logged in", call.env.uniqueid, name)
                 return name
         log.warning("[%s] operator log-in refused", call.env.uniqueid)
-        await prompts.play(call, "op-wrong-pin")
+        await app.voice.play(call, "op-wrong-pin")
     return None
 
 
-async def _choose_prompt(call: AgiSession) -> Prompt | None:
-    catalogue = prompts.get_catalogue()
+async def _choose_prompt(call: AgiSession, app: App) -> Prompt | None:
+    catalogue = app.voice.catalogue
     for _ in range(MAX_TRIES):
-        typed = await prompts.ask(call, "op-enter-prompt-number", 8_000, 4)
+        typed = await app.voice.ask(call, "op-enter-prompt-number", 8_000, 4)
         if not typed:
-            await prompts.play(call, "no-input")
+            await app.voice.play(call, "no-input")
             continue
         prompt = catalogue.by_number(int(typed)) if typed.isdigit() else None
         if prompt is not None:
             return prompt
-        await prompts.play(call, "op-unknown-prompt")
+        await app.voice.play(call, "op-unknown-prompt")
     return None
 
 
-async def _choose_language(call: AgiSession) -> str | None:
-    languages = prompts.get_catalogue().languages
+async def _choose_language(call: AgiSession, app: App) -> str | None:
+    languages = app.voice.catalogue.languages
     if len(languages) == 1:
         return languages[0]
     for _ in range(MAX_TRIES):
-        typed = await prompts.ask(call, "op-choose-language", 6_000, 1)
+        typed = await app.voice.ask(call, "op-choose-language", 6_000, 1)
         if typed and typed.isdigit() and 1 <= int(typed) <= len(languages):
             return languages[int(typed) - 1]
-        await prompts.play(call, "invalid-option")
+        await app.voice.play(call, "invalid-option")
     return None
 
 
-async def _record(call: AgiSession, operator_name: str, prompt: Prompt, lang: str) -> None:
-    store = prompts.get_store()
+async def _record(call: AgiSession, app: App, operator_name: str, prompt: Prompt,
+                  lang: str) -> None:
+    store = app.voice.store
     current = store.play_path(prompt.id, lang)
     if current is not None:
-        await prompts.play(call, "op-current-version")
+        await app.voice.play(call, "op-current-version")
         await call.stream_file(current)
     else:
-        await prompts.play(call, "op-no-audio-yet")
+        await app.voice.play(call, "op-no-audio-yet")
     tag = re.sub(r"[^0-9A-Za-z.-]", "_", call.env.uniqueid or "call")
     work = store.tmp_dir
     takes: list[Path] = []
     try:
         while len(takes) < MAX_TAKES:
-            await prompts.play(call, "op-record-after-beep")
+            await app.voice.play(call, "op-record-after-beep")
             take = work / f"rec-{tag}-{len(takes) + 1}"
             takes.append(take)
             await record_file(call, store.inner(take))
             wav = take.with_name(take.name + ".wav")
             if _seconds(wav) < MIN_RECORDING_SECONDS:
-                await prompts.play(call, "op-too-short")
+                await app.voice.play(call, "op-too-short")
                 continue
-            await prompts.play(call, "op-your-recording")
+            await app.voice.play(call, "op-your-recording")
             await call.stream_file(store.inner(take))
-            choice = await _review(call)
+            choice = await _review(call, app)
             if choice == "1":
                 version = await asyncio.to_thread(
                     keep_recording, store, prompt, lang, wav, operator_name)
                 log.info("[%s] operator %s recorded %s (%s) version %d", call.env.uniqueid,
                          operator_name, prompt.id, lang, version.version)
-                await prompts.play(call, "op-saved")
+                await app.voice.play(call, "op-saved")
                 return
             if choice != "2":
                 break
-        await prompts.play(call, "op-cancelled")
+        await app.voice.play(call, "op-cancelled")
     finally:
         for take in takes:
             for leftover in take.parent.glob(take.name + "*"):
@@ -143,12 +148,12 @@ def _seconds(wav: Path) -> float:
         return 0.0
 
 
-async def _review(call: AgiSession) -> str | None:
+async def _review(call: AgiSession, app: App) -> str | None:
     for _ in range(MAX_TRIES):
-        typed = await prompts.ask(call, "op-review-menu", 6_000, 1)
+        typed = await app.voice.ask(call, "op-review-menu", 6_000, 1)
         if typed in ("1", "2", "3"):
             return typed
-        await prompts.play(call, "invalid-option")
+        await app.voice.play(call, "invalid-option")
     return None
 
 
@@ -167,23 +172,6 @@ async def record_file(call: AgiSession, inner_path: str) -> int:
 
 
 # --------------------------------------------------------------------------- worker thread
-
-
-def check_operator_pin(pin: str) -> str | None:
-    """The name of the active operator with this PIN, None when there is none (one
-    transaction; runs in a worker thread: scrypt is slow on purpose)."""
-    from sqlalchemy import select
-
-    from ..db.models import Operator
-    from ..runtime import get_database
-    from ..secrets import verify_pin
-
-    with get_database().transaction() as s:
-        for op in s.scalars(select(Operator).where(Operator.active)).all():
-            if verify_pin(pin, op.pin_hash):
-                op.last_login_at = datetime.now(UTC)
-                return op.name
-    return None
 
 
 def keep_recording(store: PromptStore, prompt: Prompt, lang: str, wav: Path,

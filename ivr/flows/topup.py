@@ -27,16 +27,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from .. import login, payments, prompts, runtime, vouchers
+from .. import login, payments
 from ..agi import AgiSession
 from ..ami import AmiError
-from ..calls import BACKSTOP_MARGIN, CallController, LiveCall
 from ..config import Settings
-from ..db import Database, run_bounded
+from ..live.calls import CallController, LiveCall, backstop
 from ..login import LoginPolicy, Verdict
+from ..money import vouchers
 from ..numbers import keypad_digits
-from ..prompts.say import say_duration, say_money
+from .base import LineCall
+
+if TYPE_CHECKING:
+    from ..app import App
 
 log = logging.getLogger("ivr.flows.topup")
 
@@ -47,34 +51,27 @@ FEATURE_DIGIT_TIMEOUT_MS = 1000
 
 
 @dataclass
-class TopUpSession:
-    call: AgiSession
-    settings: Settings
-    db: Database
+class TopUpSession(LineCall):
+    """A caller in the top-up menu: during a call (``*9``) or at log-in."""
+
     card_id: int
     account_id: int
     currency: str
     callerid: str | None = None
 
-    @property
-    def tag(self) -> str:
-        return f"[{self.call.env.uniqueid}]"
 
-
-async def topup(call: AgiSession) -> None:
-    """The ``*9`` feature during a call."""
-    controller = runtime.get_controller()
+async def topup(call: AgiSession, app: App) -> None:
+    """The ``*9`` feature during a call. The live call carries its card, account and
+    currency, so nothing is looked up before the menu."""
+    controller = app.controller_for(call)
     live = controller.live_call(call.env.uniqueid) if controller else None
     if controller is None or live is None or live.card_id is None:
         log.warning("[%s] top-up key outside a tracked call", call.env.uniqueid)
-        await prompts.play(call, "service-unavailable")
+        await app.voice.play(call, "service-unavailable")
         return
-    prompts.set_language(call, live.language)
-    settings = runtime.get_settings()
-    db = await run_bounded(settings.db_timeout, runtime.get_database)
-    holder = await db.run(login.holder, db, live.card_id)
-    session = TopUpSession(call, settings, db, live.card_id, holder.account_id,
-                           holder.currency, live.callerid)
+    app.voice.set_language(call, live.language)
+    session = TopUpSession(call, app, live.card_id, live.account_id, live.currency,
+                           live.callerid)
     log.info("%s top-up menu during call %s", session.tag, live.key)
     while await menu_during_call(session, controller, live):
         log.info("%s *9 again while returning to call %s", session.tag, live.key)
@@ -88,7 +85,7 @@ async def menu_during_call(s: TopUpSession, controller: CallController,
     # Paying takes a minute; the call must not end meanwhile. The caller channel's own
     # backstop counts from when it is set.
     await controller.hold_open(call.env.uniqueid, s.settings.topup_grace)
-    await call.set_variable("TIMEOUT(absolute)", s.settings.topup_grace + BACKSTOP_MARGIN)
+    await call.set_variable("TIMEOUT(absolute)", backstop(s.settings.topup_grace))
     added = False
     # A server shutting down cancels the menu while it waits on the caller; the finally
     # block restores the limit and the caller goes back to the call (AgiServer.shutdown).
@@ -96,36 +93,37 @@ async def menu_during_call(s: TopUpSession, controller: CallController,
     try:
         added = await topup_menu(s)
     except asyncio.CancelledError:
-        await end_waiting_input(call)
+        await end_waiting_input(call, controller)
         raise
     finally:
         call.interruptible = False
         # The hold from the money there is now: bigger after a top-up; without one, the
         # limit from before the menu, or the next hold if this one ran out meanwhile.
         try:
-            await controller.renew(call.env.uniqueid)
+            await s.app.charging.renew(live)
         except (AmiError, LookupError) as exc:  # the call ended meanwhile
             log.info("%s limit not moved: %s", s.tag, exc)
+    if added:  # the account's other live calls (shared cards) may last longer too
+        await s.app.charging.credited(s.account_id, but=live.key)
     await call.set_variable("TIMEOUT(absolute)",
-                            controller.seconds_left(live) + BACKSTOP_MARGIN)
+                            backstop(controller.seconds_left(live)))
     key = ""
     if added:
         left = controller.seconds_affordable(live)
         log.info("%s call %s may now last %ss (%ss left)", s.tag, live.key,
                  live.granted, left)
-        key = await prompts.play(call, "you-have", "*")
-        key = key or await say_duration(call, left, whole_minutes=left >= 60,
-                                        escape_digits="*")
-        key = key or await prompts.play(call, "for-this-call", "*")
-    key = key or await prompts.play(call, "returning-to-call", "*")
+        key = await s.voice.play(call, "you-have", "*")
+        key = key or await s.voice.say_duration(call, left, whole_minutes=left >= 60,
+                                                escape_digits="*")
+        key = key or await s.voice.play(call, "for-this-call", "*")
+    key = key or await s.voice.play(call, "returning-to-call", "*")
     return key == "*" and await call.wait_for_digit(FEATURE_DIGIT_TIMEOUT_MS) == "9"
 
 
-async def end_waiting_input(call: AgiSession) -> None:
+async def end_waiting_input(call: AgiSession, controller: CallController) -> None:
     """Shutdown ended the menu while Asterisk waits for keys: a "#" received on the
     caller's channel ends that wait now (the AGI then ends and the bridge goes on)."""
-    controller = runtime.get_controller()
-    ami = controller.ami if controller is not None else None
+    ami = controller.ami
     if ami is None:
         return
     try:
@@ -138,7 +136,7 @@ async def end_waiting_input(call: AgiSession) -> None:
 async def topup_menu(s: TopUpSession) -> bool:
     """The menu; True when money was added."""
     for _ in range(MAX_TRIES):
-        choice = await prompts.ask(s.call, "topup-menu", 6000, 1)
+        choice = await s.voice.ask(s.call, "topup-menu", 6000, 1)
         if choice is None or choice == "*":
             return False
         if choice == "1":
@@ -147,7 +145,7 @@ async def topup_menu(s: TopUpSession) -> bool:
             return await by_code(s)
         if choice == "3":
             return await by_saved_method(s)
-        await prompts.play(s.call, "invalid-option")
+        await s.voice.play(s.call, "invalid-option")
     return False
 
 
@@ -161,9 +159,8 @@ async def by_card(s: TopUpSession) -> bool:
     amount = await choose_amount(s)
     if amount is None:
         return False
-    await prompts.play(s.call, "processing-payment")
-    gateway = runtime.get_gateway()
-    result = await payments.pay_with_card(s.db, gateway, s.account_id, card, amount,
+    await s.voice.play(s.call, "processing-payment")
+    result = await payments.pay_with_card(s.db, s.app.gateway, s.account_id, card, amount,
                                           payment_id=new_payment_id())
     return await tell_payment(s, result)
 
@@ -171,20 +168,20 @@ async def by_card(s: TopUpSession) -> bool:
 async def read_card(s: TopUpSession) -> payments.CardDetails | None:
     """Number, expiry and security code, checked, with the last four read back."""
     for _ in range(MAX_TRIES):
-        number = keypad_digits(await prompts.ask(s.call, "enter-credit-card", 15_000, 19,
+        number = keypad_digits(await s.voice.ask(s.call, "enter-credit-card", 15_000, 19,
                                                  secret=True))
-        expiry = keypad_digits(await prompts.ask(s.call, "enter-expiry", 10_000, 4,
+        expiry = keypad_digits(await s.voice.ask(s.call, "enter-expiry", 10_000, 4,
                                                  secret=True))
-        cvv = keypad_digits(await prompts.ask(s.call, "enter-cvv", 10_000, 4, secret=True))
+        cvv = keypad_digits(await s.voice.ask(s.call, "enter-cvv", 10_000, 4, secret=True))
         try:
             payments.validate_card(number, expiry, cvv, datetime.now(UTC).date())
         except payments.CardInvalid as exc:
             log.info("%s card details refused: %s", s.tag, exc)
-            await prompts.play(s.call, "card-not-valid")
+            await s.voice.play(s.call, "card-not-valid")
             continue
-        await prompts.play(s.call, "card-ending-in")
+        await s.voice.play(s.call, "card-ending-in")
         await s.call.say_digits(number[-4:])
-        choice = await prompts.ask(s.call, "confirm-or-reenter", 6000, 1)
+        choice = await s.voice.ask(s.call, "confirm-or-reenter", 6000, 1)
         if choice == "1":
             return payments.CardDetails(number, expiry, cvv)
         if choice != "2":
@@ -193,14 +190,13 @@ async def read_card(s: TopUpSession) -> payments.CardDetails | None:
 
 
 async def by_code(s: TopUpSession) -> bool:
-    typed = keypad_digits(await prompts.ask(s.call, "enter-voucher", 15_000, 20, secret=True))
+    typed = keypad_digits(await s.voice.ask(s.call, "enter-voucher", 15_000, 20, secret=True))
     if not typed:
-        await prompts.play(s.call, "no-input")
+        await s.voice.play(s.call, "no-input")
         return False
-    key = await asyncio.to_thread(runtime.get_secret_key)
     result = await s.db.run(
         vouchers.redeem, s.db, typed, account_id=s.account_id, card_id=s.card_id,
-        max_failures=s.settings.pin_max_failures, key=key,
+        max_failures=s.settings.pin_max_failures, key=s.app.secret_key,
     )
     verdict = result.verdict.name
     log.info("%s recharge code: %s", s.tag, verdict)
@@ -208,32 +204,31 @@ async def by_code(s: TopUpSession) -> bool:
         await tell_topped_up(s, result.balance)
         return True
     if verdict == "USED":
-        await prompts.play(s.call, "voucher-used")
+        await s.voice.play(s.call, "voucher-used")
     elif verdict == "LOCKED":
-        await prompts.play(s.call, "card-locked")
+        await s.voice.play(s.call, "card-locked")
     else:
-        await prompts.play(s.call, "invalid-voucher")
+        await s.voice.play(s.call, "invalid-voucher")
     return False
 
 
 async def by_saved_method(s: TopUpSession) -> bool:
-    pin = keypad_digits(await prompts.ask(s.call, "enter-pin-to-confirm", 10_000, 12,
+    pin = keypad_digits(await s.voice.ask(s.call, "enter-pin-to-confirm", 10_000, 12,
                                           secret=True))
     checked = await s.db.run(login.verify_pin, s.db, s.card_id, pin, s.callerid,
                              LoginPolicy.from_settings(s.settings))
     if checked.verdict not in (Verdict.OK, Verdict.EMPTY):
         log.info("%s saved-method top-up refused: %s", s.tag, checked.verdict.value)
         if checked.verdict is Verdict.WRONG_PIN:
-            await prompts.play(s.call, "wrong-pin")
+            await s.voice.play(s.call, "wrong-pin")
         else:
-            await prompts.play(s.call, "card-locked")
+            await s.voice.play(s.call, "card-locked")
         return False
     amount = await choose_amount(s)
     if amount is None:
         return False
-    await prompts.play(s.call, "processing-payment")
-    gateway = runtime.get_gateway()
-    result = await payments.pay_with_stored(s.db, gateway, s.account_id, amount,
+    await s.voice.play(s.call, "processing-payment")
+    result = await payments.pay_with_stored(s.db, s.app.gateway, s.account_id, amount,
                                             payment_id=new_payment_id())
     return await tell_payment(s, result)
 
@@ -249,15 +244,15 @@ async def choose_amount(s: TopUpSession) -> Decimal | None:
     """"Please choose an amount. For 5 dollars press 1. For 10 dollars press 2. ..." """
     choices = amount_choices(s.settings)
     if not choices:
-        await prompts.play(s.call, "payment-unavailable")
+        await s.voice.play(s.call, "payment-unavailable")
         return None
     keys = "".join(str(i + 1) for i in range(len(choices)))
     for _ in range(MAX_TRIES):
-        digit = await prompts.play(s.call, "choose-amount", keys)
+        digit = await s.voice.play(s.call, "choose-amount", keys)
         for i, value in enumerate(choices):
-            digit = digit or await prompts.play(s.call, "for-amount", keys)
-            digit = digit or await say_money(s.call, value, s.currency, keys)
-            digit = digit or await prompts.play(s.call, "press", keys)
+            digit = digit or await s.voice.play(s.call, "for-amount", keys)
+            digit = digit or await s.voice.say_money(s.call, value, s.currency, keys)
+            digit = digit or await s.voice.play(s.call, "press", keys)
             digit = digit or await s.call.say_digits(str(i + 1), keys)
             if digit:
                 break
@@ -266,9 +261,9 @@ async def choose_amount(s: TopUpSession) -> Decimal | None:
         if digit and digit in keys:
             return choices[int(digit) - 1]
         if digit:
-            await prompts.play(s.call, "invalid-option")
+            await s.voice.play(s.call, "invalid-option")
         else:
-            await prompts.play(s.call, "no-input")
+            await s.voice.play(s.call, "no-input")
     return None
 
 
@@ -279,18 +274,18 @@ async def tell_payment(s: TopUpSession, result: payments.TopUpResult) -> bool:
         await tell_topped_up(s, result.balance)
         return True
     if verdict == "DECLINED":
-        await prompts.play(s.call, "payment-declined")
+        await s.voice.play(s.call, "payment-declined")
     elif verdict == "NO_METHOD":
-        await prompts.play(s.call, "no-saved-method")
+        await s.voice.play(s.call, "no-saved-method")
     else:  # TIMEOUT, ERROR
-        await prompts.play(s.call, "payment-unavailable")
+        await s.voice.play(s.call, "payment-unavailable")
     return False
 
 
 async def tell_topped_up(s: TopUpSession, balance: Decimal) -> None:
-    await prompts.play(s.call, "topup-done")
-    await prompts.play(s.call, "your-new-balance-is")
-    await say_money(s.call, balance, s.currency)
+    await s.voice.play(s.call, "topup-done")
+    await s.voice.play(s.call, "your-new-balance-is")
+    await s.voice.say_money(s.call, balance, s.currency)
 
 
 def new_payment_id() -> str:

@@ -1,10 +1,12 @@
-"""What flows use: play a catalogue prompt by id in the call's language.
+"""What flows use to speak: :class:`Voice`, the catalogue and the audio store of one
+Asterisk instance, handed to flows by the application (``app.voice``).
 
-Flows name prompts only by literal ids in these calls (``prompts.play(call, "welcome")``,
-``prompts.ask(call, "enter-pin", ...)``), so a test can read the flows' source and check
-every id against the catalogue. Unknown ids raise :class:`UnknownPrompt` at once.
+Flows name prompts only by literal ids (``voice.play(call, "welcome")``,
+``voice.ask(call, "enter-pin", ...)``), so a test can read the flows' source and check
+every id against the catalogue (ivr.prompts.coverage). Unknown ids raise
+:class:`UnknownPrompt` at once.
 
-The call's language is ``call.state["language"]`` when a flow set it (:func:`set_language`),
+The call's language is ``call.state["language"]`` when a flow set it (:meth:`set_language`),
 else the channel's language when the catalogue has it, else the catalogue's first.
 A prompt without audio in that language falls back to the first language.
 """
@@ -12,89 +14,87 @@ A prompt without audio in that language falls back to the first language.
 from __future__ import annotations
 
 import logging
-import threading
+from decimal import Decimal
 
 from ..agi import AgiSession
-from .catalogue import Catalogue, load_catalogue
+from . import say
+from .catalogue import Catalogue
 from .store import PromptStore
 
 log = logging.getLogger("ivr.prompts")
-
-_lock = threading.Lock()
-_catalogue: Catalogue | None = None
-_store: PromptStore | None = None
 
 
 class PromptMissing(RuntimeError):
     """The store has no audio for a prompt (run `ivr prompts build`)."""
 
 
-def get_catalogue() -> Catalogue:
-    global _catalogue
-    with _lock:
-        if _catalogue is None:
-            _catalogue = load_catalogue()
-        return _catalogue
+class Voice:
+    """Prompts of one catalogue played from one store. No state of its own beyond the
+    two: a call's language lives in the call (``call.state``)."""
 
+    def __init__(self, catalogue: Catalogue, store: PromptStore) -> None:
+        self.catalogue = catalogue
+        self.store = store
 
-def get_store() -> PromptStore:
-    """The store of the Asterisk instance the process settings name (ivr.runtime)."""
-    global _store
-    with _lock:
-        if _store is None:
-            from ..asterisk import instance_for
-            from ..runtime import get_settings
+    def language(self, call: AgiSession) -> str:
+        chosen = call.state.get("language")
+        if chosen in self.catalogue.languages:
+            return str(chosen)
+        channel = (call.env.get("language") or "").split("_")[0].lower()
+        return channel if channel in self.catalogue.languages else self.catalogue.default_language
 
-            _store = PromptStore.for_instance(instance_for(get_settings(), build=False))
-        return _store
+    def set_language(self, call: AgiSession, lang: str) -> None:
+        self.catalogue.check_languages([lang])
+        call.state["language"] = lang
 
+    def path(self, call: AgiSession, prompt_id: str, lang: str | None = None) -> str:
+        """The STREAM FILE argument for a prompt's current version."""
+        self.catalogue.get(prompt_id)  # UnknownPrompt
+        lang = lang or self.language(call)
+        found = self.store.play_path(prompt_id, lang)
+        default = self.catalogue.default_language
+        if found is None and lang != default:
+            log.warning("prompt %s has no %s audio; playing %s", prompt_id, lang, default)
+            found = self.store.play_path(prompt_id, default)
+        if found is None:
+            raise PromptMissing(f"prompt {prompt_id!r} has no audio in {self.store.host_dir}: "
+                                "run `ivr prompts build`")
+        return found
 
-def set_store(store: PromptStore | None, catalogue: Catalogue | None = None) -> None:
-    """Install the store (and catalogue) flows play from; None: find them again."""
-    global _store, _catalogue
-    with _lock:
-        _store = store
-        _catalogue = catalogue
+    async def play(self, call: AgiSession, prompt_id: str, escape_digits: str = "") -> str:
+        """Play a prompt; returns the key that interrupted it ("" when none)."""
+        digit, _ = await call.stream_file(self.path(call, prompt_id), escape_digits)
+        return digit
 
+    async def ask(self, call: AgiSession, prompt_id: str, timeout_ms: int = 5000,
+                  max_digits: int = 20, *, secret: bool = False) -> str | None:
+        """Play a prompt and collect keys (GET DATA); see AgiSession.get_data."""
+        return await call.get_data(self.path(call, prompt_id), timeout_ms, max_digits,
+                                   secret=secret)
 
-def language(call: AgiSession) -> str:
-    catalogue = get_catalogue()
-    chosen = call.state.get("language")
-    if chosen in catalogue.languages:
-        return str(chosen)
-    channel = (call.env.get("language") or "").split("_")[0].lower()
-    return channel if channel in catalogue.languages else catalogue.default_language
+    async def say_money(self, call: AgiSession, amount: Decimal, currency: str,
+                        escape_digits: str = "") -> str:
+        """``five dollars and twenty cents`` (ivr.prompts.say)."""
+        return await self.say_steps(call, say.money_steps(amount, currency), escape_digits)
 
+    async def say_duration(self, call: AgiSession, seconds: int, *,
+                           whole_minutes: bool = False, escape_digits: str = "") -> str:
+        """``twenty-three minutes`` (ivr.prompts.say)."""
+        return await self.say_steps(
+            call, say.duration_steps(seconds, whole_minutes=whole_minutes), escape_digits)
 
-def set_language(call: AgiSession, lang: str) -> None:
-    get_catalogue().check_languages([lang])
-    call.state["language"] = lang
-
-
-def path(call: AgiSession, prompt_id: str, lang: str | None = None) -> str:
-    """The STREAM FILE argument for a prompt's current version."""
-    catalogue = get_catalogue()
-    catalogue.get(prompt_id)  # UnknownPrompt
-    lang = lang or language(call)
-    store = get_store()
-    found = store.play_path(prompt_id, lang)
-    if found is None and lang != catalogue.default_language:
-        log.warning("prompt %s has no %s audio; playing %s", prompt_id, lang,
-                    catalogue.default_language)
-        found = store.play_path(prompt_id, catalogue.default_language)
-    if found is None:
-        raise PromptMissing(f"prompt {prompt_id!r} has no audio in {store.host_dir}: "
-                            "run `ivr prompts build`")
-    return found
-
-
-async def play(call: AgiSession, prompt_id: str, escape_digits: str = "") -> str:
-    """Play a prompt; returns the key that interrupted it ("" when none)."""
-    digit, _ = await call.stream_file(path(call, prompt_id), escape_digits)
-    return digit
-
-
-async def ask(call: AgiSession, prompt_id: str, timeout_ms: int = 5000, max_digits: int = 20,
-              *, secret: bool = False) -> str | None:
-    """Play a prompt and collect keys (GET DATA); see AgiSession.get_data."""
-    return await call.get_data(path(call, prompt_id), timeout_ms, max_digits, secret=secret)
+    async def say_steps(self, call: AgiSession, steps: list[say.Step],
+                        escape_digits: str = "") -> str:
+        lang = self.language(call)
+        core = say.CORE_SOUNDS.get(lang, {})
+        for kind, value in steps:
+            if kind == "number":
+                await say.channel_language(call, lang)
+                digit = await call.say_number(int(value), escape_digits)
+            else:
+                word = str(value)
+                sound = core.get(word) or self.path(call, word, lang)
+                digit, _ = await call.stream_file(sound, escape_digits)
+            if digit:
+                return digit
+        return ""

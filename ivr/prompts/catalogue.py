@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ class Catalogue:
     def __contains__(self, prompt_id: object) -> bool:
         return prompt_id in self.prompts
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Prompt]:
         return iter(sorted(self.prompts.values(), key=lambda p: p.number))
 
     def __len__(self) -> int:

@@ -1,8 +1,9 @@
 """Which prompt ids the code uses, read from its source (for the catalogue coverage test).
 
-Flows pass prompt ids as string literals to ``prompts.play``/``ask``/``path`` (or to those
-functions imported by name from ``ivr.prompts``). :func:`scan_source` finds every such
-call; a call whose id is not a literal is reported too, because it cannot be checked.
+Flows pass prompt ids as string literals to a :class:`~ivr.prompts.Voice`'s
+``play``/``ask``/``path`` (``voice.play(call, "welcome")``, ``s.voice.ask(...)``).
+:func:`scan_source` finds every such call; a call whose id is not a literal is reported
+too, because it cannot be checked.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def scan_source(source: str, file: str = "<source>") -> list[PromptUse]:
         is_api = (
             isinstance(func, ast.Attribute)
             and func.attr in PROMPT_ID_FUNCTIONS
-            and isinstance(func.value, ast.Name)
-            and func.value.id == "prompts"
+            and _is_voice(func.value)
         ) or (isinstance(func, ast.Name) and func.id in imported)
         if not is_api:
             continue
@@ -52,6 +52,13 @@ def scan_source(source: str, file: str = "<source>") -> list[PromptUse]:
             literal = arg.value
         uses.append(PromptUse(file, node.lineno, literal))
     return sorted(uses, key=lambda u: u.line)
+
+
+def _is_voice(node: ast.expr) -> bool:
+    """``voice``, ``prompts`` or ``<anything>.voice`` (``s.voice``, ``app.voice``)."""
+    if isinstance(node, ast.Name):
+        return node.id in ("voice", "prompts")
+    return isinstance(node, ast.Attribute) and node.attr == "voice"
 
 
 def scan_files(paths: list[Path]) -> list[PromptUse]:

@@ -2,8 +2,10 @@
 Asterisk's core sounds where they exist (English: "dollars", "minutes", "and" ...), else
 the catalogue's own prompts ("cents", "dollar", every Spanish word).
 
-    await say_money(call, Decimal("5.20"), "USD")   # five dollars and twenty cents
-    await say_duration(call, 23 * 60)               # twenty-three minutes
+    await voice.say_money(call, Decimal("5.20"), "USD")   # five dollars and twenty cents
+    await voice.say_duration(call, 23 * 60)               # twenty-three minutes
+
+(ivr.prompts.api.Voice speaks the steps this module plans.)
 
 Numbers are said by Asterisk (SAY NUMBER) in the channel's language, which is set to the
 call's prompt language first; the sandbox has the English and Spanish core sounds.
@@ -16,7 +18,6 @@ from __future__ import annotations
 from decimal import ROUND_DOWN, Decimal
 
 from ..agi import AgiSession
-from . import api
 
 # Core sounds that say a catalogue word, per language, in the voice that says the numbers.
 # Checked present in Asterisk 22's core sounds (asterisk-core-sounds-en / -es: the Spanish
@@ -114,34 +115,7 @@ def duration_steps(seconds: int, *, whole_minutes: bool = False) -> list[Step]:
     return steps
 
 
-async def say_money(call: AgiSession, amount: Decimal, currency: str,
-                    escape_digits: str = "") -> str:
-    return await say_steps(call, money_steps(amount, currency), escape_digits)
-
-
-async def say_duration(call: AgiSession, seconds: int, *, whole_minutes: bool = False,
-                       escape_digits: str = "") -> str:
-    return await say_steps(call, duration_steps(seconds, whole_minutes=whole_minutes),
-                           escape_digits)
-
-
-async def say_steps(call: AgiSession, steps: list[Step], escape_digits: str = "") -> str:
-    lang = api.language(call)
-    core = CORE_SOUNDS.get(lang, {})
-    for kind, value in steps:
-        if kind == "number":
-            await _channel_language(call, lang)
-            digit = await call.say_number(int(value), escape_digits)
-        else:
-            word = str(value)
-            sound = core.get(word) or api.path(call, word, lang)
-            digit, _ = await call.stream_file(sound, escape_digits)
-        if digit:
-            return digit
-    return ""
-
-
-async def _channel_language(call: AgiSession, lang: str) -> None:
+async def channel_language(call: AgiSession, lang: str) -> None:
     """SAY NUMBER speaks the channel's language: make it the caller's (once per change)."""
     current = call.state.get("channel_language") or (call.env.get("language") or "en")
     if current.split("_")[0].lower() != lang:

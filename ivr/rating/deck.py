@@ -12,9 +12,10 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from decimal import Decimal
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, overload
 
 from ivr.rating.model import (
     ALL_DAYS,
@@ -112,6 +113,9 @@ def iter_deck(
     across rows (:func:`check_rows`) are the caller's.
     """
     lines = io.StringIO(source) if isinstance(source, str) else source
+    columns: Sequence[str]
+    required: Sequence[str]
+    convert: Converter
     if format == "ivr":
         columns, required, convert = IVR_COLUMNS, IVR_REQUIRED, _ivr_row
     elif format == "astpp":
@@ -225,19 +229,20 @@ def _astpp_converter(plan: str, service: str) -> Converter:
         if errors:
             return []
         assert rate is not None
-        common = dict(
+        row = RateRow(
             plan=plan,
             prefix=prefix,
+            rate=rate,
             destination=rec.get("destination", ""),
             rate_unit=60,
             service=service,
             line=line,
         )
         if included <= 0:
-            return [RateRow(rate=rate, connect_fee=connect, increment=increment, **common)]
+            return [replace(row, connect_fee=connect, increment=increment)]
         return [
-            RateRow(rate=Decimal(0), connect_fee=connect, increment=1, **common),
-            RateRow(rate=rate, increment=increment, from_second=included, **common),
+            replace(row, rate=Decimal(0), connect_fee=connect, increment=1),
+            replace(row, increment=increment, from_second=included),
         ]
 
     return convert
@@ -249,9 +254,21 @@ def _prefix(text: str, errors: list[str]) -> str:
     return text
 
 
+@overload
+def _money(rec: dict[str, str], name: str, default: Decimal, errors: list[str]) -> Decimal: ...
+
+
+@overload
+def _money(
+    rec: dict[str, str], name: str, default: None, errors: list[str]
+) -> Decimal | None: ...
+
+
 def _money(
     rec: dict[str, str], name: str, default: Decimal | None, errors: list[str]
 ) -> Decimal | None:
+    """The amount in column ``name``; ``default`` (None: required) if it is empty or bad,
+    with the problem added to ``errors``."""
     text = rec.get(name, "")
     if not text:
         if default is None:

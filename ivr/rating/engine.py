@@ -164,11 +164,16 @@ class RateTable:
         return len(pr.entries) + (pr.fallback is not None)
 
 
+# What makes two step sets the same: window, connect fee, (from, increment, rate, unit)s.
+_StepKey = tuple[Window, Decimal, tuple[tuple[int, int, Decimal, int], ...]]
+_Run = tuple[int, int, int, int, int]  # start, end (-1: open), increment, num, cumulative
+
+
 class _Builder:
     def __init__(self, scale: int, lcm: int) -> None:
         self.scale = scale
         self.lcm = lcm
-        self.interned: dict[tuple, StepSet] = {}
+        self.interned: dict[_StepKey, StepSet] = {}
 
     def plan_rates(self, plan: Plan, service: str, rows: list[RateRow]) -> PlanRates:
         by_prefix: dict[str, dict[Window, list[RateRow]]] = defaultdict(lambda: defaultdict(list))
@@ -209,7 +214,7 @@ class _Builder:
 
     def step_set(self, window: Window, rows: list[RateRow]) -> StepSet:
         rows = sorted(rows, key=lambda r: r.from_second)
-        key = (
+        key: _StepKey = (
             window,
             rows[0].connect_fee,
             tuple((r.from_second, r.increment, r.rate, r.rate_unit) for r in rows),
@@ -260,14 +265,14 @@ def _heads(entries: dict[str, Entry]) -> tuple[int, dict[str, int]]:
     return h, heads
 
 
-def _runs(steps: tuple[Step, ...], froms: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+def _runs(steps: tuple[Step, ...], froms: tuple[int, ...]) -> tuple[_Run, ...]:
     """The increments of a call rated from second 0 in one window, grouped by step.
 
     The step of an increment is the one in force at the increment's start offset; an
     increment that runs past the next step's from_second is charged whole at its own step,
     and the next increment starts where it ends.
     """
-    runs = []
+    runs: list[_Run] = []
     t = cum = 0
     while True:
         k = bisect_right(froms, t) - 1
@@ -313,9 +318,13 @@ def quote(
     """
     # The hot path (one time slot, no breakdown) is written out inline: it is what makes
     # the engine fast. Everything else goes through _quote_general.
-    is_name = plan.__class__ is str
-    pr = table.index.get((plan if is_name else plan.name, service))  # type: ignore[union-attr]
-    if pr is None or not (is_name or plan is pr.plan):
+    if isinstance(plan, str):
+        pr = table.index.get((plan, service))
+    else:
+        pr = table.index.get((plan.name, service))
+        if pr is not None and plan is not pr.plan:
+            pr = None
+    if pr is None:
         pr = table.rates(plan, service)
     if seconds.__class__ is not int:
         seconds = _as_seconds(seconds)
@@ -334,6 +343,7 @@ def quote(
         if entry is None or not number:
             raise _refuse(pr, number, at, True)
     ss = entry.by_slot[0]
+    assert ss is not None  # one slot, and the prefix has a rate in it
     inc = ss.inc0
     if inc:
         n = -(-seconds // inc)

@@ -85,14 +85,6 @@ class Window:
                 out.append((base + self.start, base + MINUTES_PER_DAY))
         return out
 
-    def holds(self, weekday: int, minute: int) -> bool:
-        """Whether the window holds at a local weekday and minute of the day."""
-        if weekday not in self.days:
-            return False
-        if self.start < self.end:
-            return self.start <= minute < self.end
-        return minute >= self.start or minute < self.end
-
 
 _MASKS: dict[Window, int] = {}
 

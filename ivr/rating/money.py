@@ -50,9 +50,9 @@ def to_scaled(amount: Decimal, scale: int) -> int:
     value = int("".join(map(str, digits)) or "0")
     shift = exponent + scale
     if shift >= 0:
-        value *= 10**shift
+        value *= _ten_to(shift)
     else:
-        value, rest = divmod(value, 10**-shift)
+        value, rest = divmod(value, _ten_to(-shift))
         if rest:
             raise ValueError(f"{amount} has more than {scale} decimals")
     return -value if sign else value
@@ -67,7 +67,14 @@ def floor_scaled(amount: Decimal, scale: int) -> int:
     if sign:
         value = -value
     shift = exponent + scale
-    return value * 10**shift if shift >= 0 else value // 10**-shift
+    return value * _ten_to(shift) if shift >= 0 else value // _ten_to(-shift)
+
+
+def _ten_to(power: int) -> int:
+    """``10**power`` for ``power >= 0``, as an int: the type of ``int ** int`` is not known
+    before run time (a negative power gives a float)."""
+    factor: int = 10**power
+    return factor
 
 
 def round_ratio(numerator: int, denominator: int, method: Rounding) -> int:

@@ -14,14 +14,15 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from ..accounts import create_account, issue_cards
 from ..agi import AgiServer
-from ..calls import CallController
+from ..app import App
 from ..config import Settings
 from ..db import Database
 from ..db.models import Account, Card, Cdr, LedgerEntry, Reservation, ReservationStatus
-from ..ledger import Ledger, ledger_sum
-from ..rates_store import create_plan, import_rows
+from ..live.calls import CallController
+from ..money.accounts import create_account, issue_cards
+from ..money.ledger import Ledger, ledger_sum
+from ..money.rates_store import create_plan, import_rows
 from ..rating import RateRow
 from .phone import Call, SeenCommand
 
@@ -138,9 +139,12 @@ class AccessLine:
     ledger: Ledger
     controller: CallController
     server: AgiServer
+    app: App
 
-    def card(self, balance: str, **kwargs: object) -> CardInHand:
-        return new_card(self.db, Decimal(balance), **kwargs)  # type: ignore[arg-type]
+    def card(self, balance: str, *, plan: str = PLAN, account: str | None = None,
+             callerid: str | None = None) -> CardInHand:
+        return new_card(self.db, Decimal(balance), plan=plan, account=account,
+                        callerid=callerid)
 
 
 
@@ -157,6 +161,15 @@ def account_state(
                                  .order_by(LedgerEntry.id)))
         assert ledger_sum(s, account.id) == account.balance
         return account.balance, account.reserved, entries
+
+
+def balance_of(db: Database, account_id: int) -> Decimal:
+    """An account's balance, checking the ledger sums to it."""
+    with db.transaction() as s:
+        account = s.get(Account, account_id)
+        assert account is not None
+        assert ledger_sum(s, account_id) == account.balance
+        return account.balance
 
 
 def cdrs(line: AccessLine | Database) -> list[Cdr]:

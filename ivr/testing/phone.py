@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..ami import AmiClient
 from ..asterisk.instance import HARNESS_AMI_USER, AsteriskInstance
@@ -233,7 +234,7 @@ class Phone:
         call = Call(self, id=f"ivrtest-{tag}", handset_id=f"ivrtest-{tag}-h")
         self._calls[call.id] = call
         self._calls[call.handset_id] = call
-        headers: dict[str, object] = {
+        headers: dict[str, Any] = {  # AMI headers: strings, numbers, a list of variables
             "Channel": f"Local/s@{self.caller_context}/n",
             "Context": context,
             "Exten": exten,
@@ -259,8 +260,8 @@ class Phone:
         self._calls.pop(call.id, None)
         self._calls.pop(call.handset_id, None)
 
-    def _on_event(self, event: object) -> None:
-        get = event.get  # type: ignore[attr-defined]
+    def _on_event(self, event: Mapping[str, str]) -> None:
+        get = event.get
         uniqueid = get("Uniqueid", "")
         call = self._calls.get(uniqueid)
         if call is None:

@@ -172,10 +172,10 @@ def test_cards_set_callerid(ivr, tmp_path, monkeypatch):
 
 
 def test_vouchers(ivr, tmp_path):
-    from ivr.accounts import find_account
     from ivr.db import Database
+    from ivr.money.accounts import find_account
+    from ivr.money.vouchers import RedeemVerdict, redeem
     from ivr.secrets import load_secret_key
-    from ivr.vouchers import RedeemVerdict, redeem
 
     ivr("plans", "create", "retail", "--currency", "USD", "--decimals", "2")
     ivr("accounts", "create", "--plan", "retail", "--number", "700200", "--balance", "1")

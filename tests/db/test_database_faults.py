@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from ivr import runtime
+from ivr.app import open_database
 from ivr.config import Settings
 from ivr.db import Database, DatabaseUnavailable, lock_account
 from ivr.db.migrate import upgrade
 from ivr.db.models import Account, EntryKind
-from ivr.ledger import credit, ledger_sum
+from ivr.money.ledger import credit, ledger_sum
 from ivr.testing.access import create_test_plan, new_account
 from ivr.testing.dbfaults import private_postgres, sqlite_write_lock
 from ivr.testing.postgres import fresh_postgres_database
@@ -47,10 +47,7 @@ def umask_022() -> Iterator[None]:
 
 @pytest.fixture
 def settings_of(tmp_path: Path) -> Iterator[Settings]:
-    settings = Settings(data_dir=tmp_path / "data")
-    runtime.set_settings(settings)
-    yield settings
-    runtime.set_settings(None)
+    yield Settings(data_dir=tmp_path / "data")
 
 
 def credit_one(db: Database, account_number: str) -> None:
@@ -64,7 +61,7 @@ def credit_one(db: Database, account_number: str) -> None:
 
 
 def test_a_new_sqlite_database_is_private_whatever_the_umask(umask_022, settings_of):
-    db = runtime.get_database()  # as the server makes it: the schema is created
+    db = open_database(settings_of)  # as the server makes it: the schema is created
     create_test_plan(db)
     new_account(db, Decimal("5.00"))  # something in the WAL
     path = Path(db.url.removeprefix("sqlite:///"))
@@ -88,7 +85,7 @@ def test_an_existing_readable_database_is_tightened_at_start(
         os.chmod(settings_of.data_dir / name, 0o644)
 
     caplog.set_level(logging.WARNING, "ivr.db")
-    db = runtime.get_database()
+    db = open_database(settings_of)
     create_test_plan(db)
     assert mode(settings_of.data_dir) == 0o700
     for name in ("ivr.sqlite3", "ivr.sqlite3-wal", "ivr.sqlite3-shm"):
@@ -195,3 +192,20 @@ async def test_a_stopped_postgres_is_unavailable_within_the_timeout():
             assert balance % 1 == 0
         finally:
             await asyncio.to_thread(db.dispose)
+
+
+def test_a_postgresql_nobody_answers_on_is_unavailable():
+    """No server on the port: psycopg's error has no SQLSTATE, and that (not the words
+    of its message) makes it "unavailable"."""
+    from sqlalchemy import text
+
+    from ivr.db import DatabaseUnavailable
+    from ivr.testing import free_port
+
+    db = Database(f"postgresql+psycopg://ivr:ivr@127.0.0.1:{free_port()}/postgres", timeout=2)
+    try:
+        with (pytest.raises(DatabaseUnavailable, match="database unavailable"),
+              db.transaction() as s):
+            s.execute(text("SELECT 1"))
+    finally:
+        db.dispose()

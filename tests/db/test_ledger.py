@@ -11,7 +11,6 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from ivr.accounts import check_pin, create_account, issue_cards
 from ivr.db import Database, MoneyPrecisionError
 from ivr.db.migrate import current_revision, head_revision
 from ivr.db.models import (
@@ -26,8 +25,9 @@ from ivr.db.models import (
     Reservation,
     ReservationStatus,
 )
-from ivr.ledger import Grant, Ledger, LedgerError, Refusal, credit, ledger_sum
-from ivr.rates_store import RatingCache, create_plan, import_rows
+from ivr.money.accounts import create_account, issue_cards
+from ivr.money.ledger import Grant, Ledger, LedgerError, Refusal, credit, ledger_sum
+from ivr.money.rates_store import RatingCache, create_plan, import_rows
 from ivr.rating import DeckError, parse_deck
 from ivr.testing.access import CardInHand, new_card
 
@@ -374,22 +374,6 @@ def test_rating_cache_follows_imports(db: Database):
     account_id = new_account(db, "1.00")
     grant = ledger.authorize(US, account_id=account_id, at=AT)
     assert isinstance(grant, Grant) and grant.seconds == 498
-
-
-def test_pin_failures_lock_the_card(db: Database, tmp_path):
-    setup_plan(db)
-    (card,) = issue_cards(db, "retail", 1, Decimal("1"), tmp_path / "c.csv")
-    wrong = "0000" if card.pin != "0000" else "1111"
-    with db.transaction() as s:
-        row = s.scalar(select(Card).where(Card.number == card.number))
-        assert row is not None
-        assert not check_pin(s, row, wrong, max_failures=3)
-        assert check_pin(s, row, card.pin, max_failures=3)  # success resets the count
-        assert row.failed_pins == 0
-        for _ in range(3):
-            assert not check_pin(s, row, wrong, max_failures=3)
-        assert row.status is CardStatus.LOCKED
-        assert card.pin not in row.pin_hash
 
 
 def test_concurrent_calls_on_one_shared_account_never_overdraw(db: Database, tmp_path):

@@ -13,10 +13,11 @@ from sqlalchemy import func, select
 from ivr import login
 from ivr.db import Database
 from ivr.db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
-from ivr.ledger import Grant, Ledger
 from ivr.login import ANONYMOUS, Cardholder, LoginPolicy, Verdict
+from ivr.money.accounts import issue_cards
+from ivr.money.ledger import Grant, Ledger
 from ivr.secrets import pin_check
-from ivr.testing.access import CardInHand, create_test_plan, new_card
+from ivr.testing.access import PLAN, CardInHand, create_test_plan, new_card
 
 NOW = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)
 CALLER = "12125551234"
@@ -228,6 +229,33 @@ def test_a_right_pin_resets_the_count(plan: Database):
     assert attempt(wrong(card)) is Verdict.LOCKED
     # The caller ID's count is not reset by a right PIN.
     assert len(failures(plan)) == 5
+
+
+def test_an_issued_cards_pin_failures_lock_it(plan: Database, tmp_path):
+    """A card as `ivr cards issue` makes it, logged in with its number and PIN: a wrong
+    PIN counts, the right one resets the count, consecutive wrong ones lock it; the PIN
+    is kept only as its hash."""
+    (card,) = issue_cards(plan, PLAN, 1, Decimal("1"), tmp_path / "c.csv")
+    bad = "0000" if card.pin != "0000" else "1111"
+
+    def attempt(pin: str) -> Verdict:
+        return login.log_in(plan, card.number, pin, CALLER, POLICY, now=NOW).verdict
+
+    def state() -> tuple[CardStatus, int, str]:
+        with plan.transaction() as s:
+            row = s.scalar(select(Card).where(Card.number == card.number))
+            assert row is not None
+            return row.status, row.failed_pins, row.pin_hash
+
+    assert attempt(bad) is Verdict.WRONG_PIN
+    assert state()[:2] == (CardStatus.ACTIVE, 1)
+    assert attempt(card.pin) is Verdict.OK  # a success resets the count
+    assert state()[:2] == (CardStatus.ACTIVE, 0)
+    for _ in range(POLICY.pin_max_failures):
+        assert attempt(bad) is Verdict.WRONG_PIN
+    status, failed, pin_hash = state()
+    assert (status, failed) == (CardStatus.LOCKED, POLICY.pin_max_failures)
+    assert card.pin not in pin_hash
 
 
 def test_wrong_pins_on_two_cards_count_per_card(plan: Database):

@@ -12,12 +12,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from ivr import rates_store
-from ivr.accounts import create_account
 from ivr.db import Database
 from ivr.db.models import EntryKind, RatingPlan, Reservation
-from ivr.ledger import Grant, Ledger, credit
-from ivr.rates_store import RatingCache, create_plan, import_rows
+from ivr.money import rates_store
+from ivr.money.accounts import create_account
+from ivr.money.ledger import Grant, Ledger, credit
+from ivr.money.rates_store import RatingCache, create_plan, import_rows
 from ivr.rating import parse_deck
 
 AT = datetime(2026, 11, 18, 12, 0, tzinfo=UTC)  # a Wednesday
@@ -170,7 +170,7 @@ def test_rates_are_compiled_outside_the_ledgers_transaction(db: Database, monkey
 
 def test_a_streamed_import_is_all_or_nothing(db: Database):
     from ivr.db.models import Rate
-    from ivr.rates_store import PlanError, import_deck
+    from ivr.money.rates_store import PlanError, import_deck
     from ivr.rating import DeckError
 
     plan_id, _ = setup(db)

@@ -12,12 +12,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import event
 
-from ivr import reports
-from ivr.accounts import create_account
 from ivr.db import Database
 from ivr.db.models import Card, EntryKind
-from ivr.ledger import Grant, Ledger, credit
-from ivr.rates_store import create_plan, import_rows
+from ivr.money import reports
+from ivr.money.accounts import create_account
+from ivr.money.ledger import Grant, Ledger, credit
+from ivr.money.rates_store import create_plan, import_rows
 from ivr.rating import parse_deck
 
 DECK = """\

@@ -1,4 +1,4 @@
-"""One server per database (ivr.servers): the lease, its heartbeat and expiry; recovery
+"""One server per database (ivr.live.servers): the lease, its heartbeat and expiry; recovery
 touching only its own server's calls; an answered call lost with Asterisk billed up to
 when it was last seen alive. On SQLite and PostgreSQL."""
 
@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ivr import runtime
 from ivr.ami import AmiActionError
-from ivr.calls import CallController, LiveCall
 from ivr.db import Database
 from ivr.db.models import Account, Cdr, Reservation, ReservationStatus, Server
-from ivr.ledger import Grant, Ledger
-from ivr.recovery import Recovery
-from ivr.servers import LEASE_BEATS, Lease, LeaseRefused
+from ivr.live.calls import CallController, CallKey, LiveCall
+from ivr.live.charging import Charging
+from ivr.live.recovery import Recovery
+from ivr.live.servers import LEASE_BEATS, Lease, LeaseRefused
+from ivr.money.ledger import Grant, Ledger
 from ivr.testing import free_port
 from ivr.testing.access import create_test_plan, new_card
 
@@ -152,7 +152,7 @@ async def test_recovery_leaves_another_live_servers_calls_alone(plan, clock):
     theirs = reserve(ledger, card.card_id, "1700000000.1-1", other)
     own = reserve(ledger, card.card_id, "1700000000.2-1", mine)
     nobodys = reserve(ledger, card.card_id, "1700000000.3-1", None)
-    recovery = Recovery(CallController(NoCallsAmi(), ledger), mine)  # type: ignore[arg-type]
+    recovery = Recovery(CallController(NoCallsAmi(), Charging(ledger)), mine)  # type: ignore[arg-type]
 
     report = await recovery.recover_once()
     # Its own call, and one no server claims, are gone without a record: released.
@@ -180,11 +180,11 @@ async def test_answered_call_lost_with_asterisk_is_billed_until_last_seen_alive(
     lost = reserve(ledger, card.card_id, "1700000000.5-1", lease)
     unanswered = reserve(ledger, card.card_id, "1700000000.6-1", lease)
     ami = NoCallsAmi()
-    controller = CallController(ami, ledger)  # type: ignore[arg-type]
-    call = LiveCall("1700000000.5-1", "1700000000.5", "PJSIP/in-5", lost.reservation_id,
+    controller = CallController(ami, Charging(ledger))  # type: ignore[arg-type]
+    call = LiveCall(CallKey.parse("1700000000.5-1"), "PJSIP/in-5", lost.reservation_id,
                     lost.seconds)
     controller.track(call)
-    controller.track(LiveCall("1700000000.6-1", "1700000000.6", "PJSIP/in-6",
+    controller.track(LiveCall(CallKey.parse("1700000000.6-1"), "PJSIP/in-6",
                               unanswered.reservation_id, unanswered.seconds))
     call.answered_at = controller.now() - 12.4  # answered 12.4 s ago
     answered = datetime.now(UTC) - timedelta(seconds=12.4)
@@ -205,7 +205,7 @@ async def test_answered_call_lost_with_asterisk_is_billed_until_last_seen_alive(
     # Asterisk dies; the flows end without a record; Asterisk comes back without them.
     controller.done("1700000000.5-1")
     controller.done("1700000000.6-1")
-    with caplog.at_level(logging.INFO, logger="ivr.recovery"):
+    with caplog.at_level(logging.INFO, logger="ivr.live.recovery"):
         report = await Recovery(controller, lease).recover_once()
     assert report.settled == ["1700000000.5-1"] and report.released == ["1700000000.6-1"]
     with db.transaction() as s:
@@ -251,10 +251,7 @@ def test_second_ivr_serve_on_one_database_exits_with_a_message(first_server, ivr
         if name.startswith("IVR_"):
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("IVR_AGI_PORT", str(free_port()))
-    try:
-        err = ivr_cli("serve", expect=1)
-    finally:
-        runtime.set_settings(None)
+    err = ivr_cli("serve", expect=1)
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
     assert lines[0].startswith("ivr serve: another ivr serve is running on this database")

@@ -14,12 +14,12 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
-from ivr.accounts import create_account
-from ivr.cli_topups import add_commands
+from ivr.cli.topups import add_commands
 from ivr.config import Settings
 from ivr.db import Database
 from ivr.db.models import Account, Base, EntryKind, LedgerEntry, Payment, PaymentMethod
-from ivr.ledger import Ledger, LedgerError, ledger_sum
+from ivr.money.accounts import create_account
+from ivr.money.ledger import Ledger, LedgerError
 from ivr.payments import (
     SANDBOX_APPROVE,
     SANDBOX_DECLINE,
@@ -33,7 +33,7 @@ from ivr.payments import (
     pay_with_stored,
     reconcile,
 )
-from ivr.testing.access import create_test_plan
+from ivr.testing.access import balance_of, create_test_plan
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 EXPIRY = "1230"
@@ -61,14 +61,6 @@ def new_account(db: Database, balance: str, **values: object) -> int:
 
 def typed(number: str = SANDBOX_APPROVE, cvv: str = CVV) -> CardDetails:
     return CardDetails(number, EXPIRY, cvv)
-
-
-def balance_of(db: Database, account_id: int) -> Decimal:
-    with db.transaction() as s:
-        account = s.get(Account, account_id)
-        assert account is not None
-        assert ledger_sum(s, account_id) == account.balance
-        return account.balance
 
 
 def payments(db: Database, account_id: int) -> list[Payment]:

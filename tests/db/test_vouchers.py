@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, inspect, select, text
 
-from ivr.accounts import NotFound, create_account
 from ivr.db import Database
 from ivr.db.models import Account, Card, CardStatus, EntryKind, LedgerEntry, Voucher, VoucherStatus
-from ivr.ledger import LedgerError, ledger_sum
+from ivr.money.accounts import NotFound, create_account
+from ivr.money.ledger import LedgerError, ledger_sum
+from ivr.money.vouchers import RedeemVerdict, code_hash, find, generate, redeem, void
 from ivr.secrets import load_secret_key, luhn_valid
 from ivr.testing.access import create_test_plan, new_card
-from ivr.vouchers import RedeemVerdict, code_hash, find, generate, redeem, void
 
 V = RedeemVerdict
 KEY = b"test-secret-key"

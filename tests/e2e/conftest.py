@@ -22,18 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from ivr import autorecharge, prompts, runtime
 from ivr.agi import AgiServer
 from ivr.ami import AmiClient
+from ivr.app import App
 from ivr.asterisk import AsteriskInstance, instance_for
-from ivr.calls import CallController
-from ivr.cli import SERVER_AMI_EVENTS
 from ivr.config import Settings, load_settings
 from ivr.db import Database
 from ivr.db.migrate import upgrade
-from ivr.flows import ROUTES
-from ivr.prompts import PromptStore, load_catalogue
+from ivr.prompts import PromptStore, Voice, load_catalogue
 from ivr.prompts.build import build
+from ivr.service import SERVER_AMI_EVENTS
 from ivr.testing import free_port
 from ivr.testing.access import AccessLine, create_test_plan
 from ivr.testing.phone import Phone, harness_ami
@@ -80,12 +78,18 @@ def stop_abandoned_test_instances(current: AsteriskInstance) -> None:
 
 @pytest.fixture
 async def agi_server(
-    asterisk: AsteriskInstance, test_settings: Settings
+    asterisk: AsteriskInstance, test_settings: Settings, instance_voice: Voice,
+    tmp_path: Path,
 ) -> AsyncIterator[AgiServer]:
-    server = AgiServer(ROUTES, "127.0.0.1", test_settings.agi_port, header_timeout=2)
+    """Every route, served by an application of its own (no AMI, a fresh database)."""
+    settings = test_settings.replace(database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
+    app = await asyncio.to_thread(App.build, settings, voice=instance_voice)
+    server = AgiServer(app.routes(), "127.0.0.1", test_settings.agi_port, header_timeout=2)
     await server.start()
     yield server
     await server.shutdown(grace=5)
+    await app.close()
+    app.dispose()
 
 
 @pytest.fixture
@@ -123,7 +127,7 @@ async def phone(ami: AmiClient, asterisk: AsteriskInstance) -> AsyncIterator[Pho
 
 
 @pytest.fixture(scope="session")
-def instance_prompts(asterisk: AsteriskInstance) -> Iterator[PromptStore]:
+def instance_prompts(asterisk: AsteriskInstance) -> PromptStore:
     """The test instance's prompt store, complete: copied from the operator's store when
     `ivr prompts build` made one (set-up does), then brought up to date offline."""
     store = PromptStore.for_instance(asterisk)
@@ -134,14 +138,18 @@ def instance_prompts(asterisk: AsteriskInstance) -> Iterator[PromptStore]:
     catalogue = load_catalogue()
     build(catalogue, store, progress=False)
     assert not store.missing(catalogue)
-    prompts.set_store(store, catalogue)
-    yield store
-    prompts.set_store(None)
+    return store
+
+
+@pytest.fixture(scope="session")
+def instance_voice(instance_prompts: PromptStore) -> Voice:
+    """What the flows of the test instance speak with."""
+    return Voice(load_catalogue(), instance_prompts)
 
 
 @pytest.fixture
 async def access_line(
-    asterisk: AsteriskInstance, test_settings: Settings, instance_prompts: PromptStore,
+    asterisk: AsteriskInstance, test_settings: Settings, instance_voice: Voice,
     server_ami: AmiClient, tmp_path: Path, request: pytest.FixtureRequest,
 ) -> AsyncIterator[AccessLine]:
     overrides = dict(getattr(request, "param", {}))
@@ -150,12 +158,14 @@ async def access_line(
             url = stack.enter_context(fresh_postgres_database())
         else:
             url = f"sqlite:///{tmp_path / 'ivr.sqlite3'}"
-        async for line in _access_line(test_settings, server_ami, url, overrides):
+        async for line in _access_line(test_settings, server_ami, url, overrides,
+                                       instance_voice):
             yield line
 
 
 async def _access_line(
-    test_settings: Settings, ami: AmiClient, url: str, overrides: dict[str, object]
+    test_settings: Settings, ami: AmiClient, url: str, overrides: dict[str, object],
+    voice: Voice,
 ) -> AsyncIterator[AccessLine]:
     settings = test_settings.replace(**{
         "database_url": url,
@@ -167,17 +177,12 @@ async def _access_line(
         fresh = Database(url)
         await asyncio.to_thread(upgrade, fresh.engine)
         fresh.dispose()
-    runtime.set_settings(settings)
-    db = await asyncio.to_thread(runtime.get_database)
-    create_test_plan(db)
-    ledger = runtime.get_ledger()
-    controller = CallController.from_settings(ami, ledger, settings,
-                                              auto_recharge=autorecharge.recharge)
-    runtime.set_controller(controller)
-    server = AgiServer(ROUTES, "127.0.0.1", settings.agi_port, header_timeout=2)
+    app = await asyncio.to_thread(App.build, settings, voice=voice)
+    create_test_plan(app.db)
+    controller = app.add_asterisk(ami)
+    server = AgiServer(app.routes(), "127.0.0.1", settings.agi_port, header_timeout=2)
     await server.start()
-    yield AccessLine(settings, db, ledger, controller, server)
+    yield AccessLine(settings, app.db, app.ledger, controller, server, app)
     await server.shutdown(grace=5)
-    await controller.close()
-    runtime.set_controller(None)
-    runtime.set_settings(None)
+    await app.close()
+    app.dispose()

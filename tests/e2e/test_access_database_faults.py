@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ivr.recovery import Recovery
+from ivr.live.recovery import Recovery
 from ivr.testing.access import AccessLine, Caller, account_state, cdrs, open_reservations
 from ivr.testing.dbfaults import PrivatePostgres, private_postgres, sqlite_write_lock
 from ivr.testing.phone import Call, Phone

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ivr import runtime
 from ivr.ami import AmiClient
+from ivr.app import open_database
 from ivr.config import Settings
 from ivr.db import Database
 from ivr.db.models import Cdr, EntryKind, LedgerEntry
@@ -104,8 +104,7 @@ async def test_kill_9_during_live_calls_then_restart_settles_each_call_once(
 ):
     settings = test_settings.replace(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
-    runtime.set_settings(settings)
-    db: Database = await asyncio.to_thread(runtime.get_database)
+    db: Database = await asyncio.to_thread(open_database, settings)
     create_test_plan(db)
     cards = [new_card(db, Decimal(seconds) / 100) for seconds in GRANTS]
 
@@ -158,7 +157,6 @@ async def test_kill_9_during_live_calls_then_restart_settles_each_call_once(
         for off in offs:
             off()
         await server.stop()
-        runtime.set_settings(None)
 
     for call, card, grant in zip(calls, cards, GRANTS, strict=True):
         # Each call ended at its limit, enforced by Asterisk with no server running.
@@ -188,8 +186,7 @@ async def test_a_call_on_renewed_holds_outlives_a_server_restart(
     money is spent (30 s), then is settled once."""
     settings = test_settings.replace(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
-    runtime.set_settings(settings)
-    db: Database = await asyncio.to_thread(runtime.get_database)
+    db: Database = await asyncio.to_thread(open_database, settings)
     create_test_plan(db)
     card = new_card(db, Decimal("0.30"))  # 30 s to the US at 0.01 a second
     times: dict[str, float] = {}
@@ -223,7 +220,6 @@ async def test_a_call_on_renewed_holds_outlives_a_server_restart(
         for off in offs:
             off()
         await server.stop()
-        runtime.set_settings(None)
 
     assert "adopted" in (tmp_path / "serve.log").read_text()
     assert abs(times["ended"] - times["answered"] - 30) <= 1.0, times
@@ -244,8 +240,7 @@ async def test_first_sweep_after_a_restart_runs_as_soon_as_ami_is_up(
     cuts it at 10 s."""
     settings = test_settings.replace(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
-    runtime.set_settings(settings)
-    db: Database = await asyncio.to_thread(runtime.get_database)
+    db: Database = await asyncio.to_thread(open_database, settings)
     create_test_plan(db)
     card = new_card(db, Decimal("0.30"))  # 30 s to the US at 0.01 a second
     times: dict[str, float] = {}
@@ -284,7 +279,6 @@ async def test_first_sweep_after_a_restart_runs_as_soon_as_ami_is_up(
         for off in offs:
             off()
         await server.stop()
-        runtime.set_settings(None)
 
     assert abs(times["ended"] - times["answered"] - 30) <= 1.0, times
     balance, reserved, entries = account_state(db, card.account)
@@ -305,8 +299,7 @@ async def test_answered_call_lost_with_asterisk_is_billed_until_asterisk_died(
     restarts the session's Asterisk; it is up again, as before, when the test ends."""
     settings = test_settings.replace(
         data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'ivr.sqlite3'}")
-    runtime.set_settings(settings)
-    db: Database = await asyncio.to_thread(runtime.get_database)
+    db: Database = await asyncio.to_thread(open_database, settings)
     create_test_plan(db)
     card = new_card(db, Decimal("1.00"))  # 100 s to the US at 0.01 a second
     times: dict[str, float] = {}
@@ -339,7 +332,6 @@ async def test_answered_call_lost_with_asterisk_is_billed_until_asterisk_died(
     finally:
         off()
         await server.stop()
-        runtime.set_settings(None)
         if not asterisk.running():
             await asyncio.to_thread(asterisk.start, 90)
 
@@ -358,4 +350,5 @@ async def test_answered_call_lost_with_asterisk_is_billed_until_asterisk_died(
     assert entries[1].amount == -Decimal(seconds) / 100
     assert balance == Decimal("1.00") - Decimal(seconds) / 100 and reserved == 0
     log = (tmp_path / "serve.log").read_text()
-    assert f"WARNING ivr.recovery: [{caller_id[0]}-1] answered call gone without a record" in log
+    assert (f"WARNING ivr.live.recovery: [{caller_id[0]}-1] answered call gone without a "
+            "record") in log

@@ -19,9 +19,9 @@ import pytest
 from ivr.ami import AmiActionError, AmiClient
 from ivr.asterisk import AsteriskInstance, ami_login_check
 from ivr.asterisk.install import AsteriskSetupError
-from ivr.calls import ASTDB_FAMILY
 from ivr.config import load_settings
-from ivr.recovery import forget_record
+from ivr.live.calls import ASTDB_FAMILY
+from ivr.live.recovery import forget_record
 from ivr.secrets import AMI_SECRET_FILE
 from ivr.testing import free_port
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from ivr import prompts, runtime
 from ivr.agi import AgiHangup, AgiServer, AgiSession
 from ivr.ami import AmiClient
+from ivr.app import App
 from ivr.asterisk import AsteriskInstance
 from ivr.cli import main
 from ivr.config import Settings
 from ivr.flows.operator import operator
-from ivr.prompts import PromptStore, load_catalogue
+from ivr.prompts import PromptStore, Voice, load_catalogue
 from ivr.prompts.build import build
 from ivr.testing.phone import INPUT_COMMANDS, Call, Phone
 
@@ -133,7 +133,7 @@ async def test_money_and_minutes_are_spoken_with_core_sounds(
     built_store: PromptStore, test_settings: Settings, quiet_phone: Phone,
     asterisk: AsteriskInstance, lang: str,
 ):
-    prompts.set_store(built_store, load_catalogue())
+    voice = Voice(load_catalogue(), built_store)
     heard: list[tuple[str, int]] = []
     languages: list[str] = []
 
@@ -147,12 +147,12 @@ async def test_money_and_minutes_are_spoken_with_core_sounds(
 
         call.stream_file = stream_file  # type: ignore[method-assign]
         await call.answer()
-        prompts.set_language(call, lang)
-        await prompts.play(call, "your-balance-is")
-        await prompts.say_money(call, Decimal("5.20"), "USD")
-        await prompts.play(call, "you-have")
-        await prompts.say_duration(call, 23 * 60 + 40, whole_minutes=True)
-        await prompts.play(call, "for-this-call")
+        voice.set_language(call, lang)
+        await voice.play(call, "your-balance-is")
+        await voice.say_money(call, Decimal("5.20"), "USD")
+        await voice.play(call, "you-have")
+        await voice.say_duration(call, 23 * 60 + 40, whole_minutes=True)
+        await voice.play(call, "for-this-call")
         languages.append(await call.get_variable("CHANNEL(language)") or "")
         await call.hangup()
 
@@ -163,7 +163,6 @@ async def test_money_and_minutes_are_spoken_with_core_sounds(
         await server.wait_idle()
     finally:
         await server.shutdown(grace=5)
-        prompts.set_store(None)
     assert server.stats.completed == 1 and server.stats.failed == 0
     said = [c.prompt for c in call.commands if c.prompt]
     money, duration = SPOKEN[lang]
@@ -218,8 +217,8 @@ async def test_operator_records_a_prompt_by_phone_and_it_plays_next(
     assert main(["operators", "add", "alice", "--json"]) == 0
     pin = json.loads(capsys.readouterr().out)["pin"]
 
-    runtime.set_settings(test_settings)
-    prompts.set_store(store)
+    app = await asyncio.to_thread(App.build, test_settings,
+                                  voice=Voice(load_catalogue(), store))
     played: list[tuple[str, int]] = []
 
     async def traced_operator(call: AgiSession) -> None:
@@ -231,7 +230,7 @@ async def test_operator_records_a_prompt_by_phone_and_it_plays_next(
             return digit, pos
 
         call.stream_file = stream_file  # type: ignore[method-assign]
-        await operator(call)
+        await operator(call, app)
 
     async def talking_handset(call: AgiSession) -> None:
         """The handset's side: keeps saying "hello world" until the call ends."""
@@ -278,8 +277,7 @@ async def test_operator_records_a_prompt_by_phone_and_it_plays_next(
     finally:
         await server.shutdown(grace=5)
         phone.close()
-        prompts.set_store(None)
-        runtime.set_settings(None)
+        app.dispose()
 
     assert record.args[1:] == ("wav", "#", "120000", "BEEP")  # no silence detection
     assert server.stats.failed == 0

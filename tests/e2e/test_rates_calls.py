@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from ivr.db.models import EntryKind, RatingPlan
-from ivr.rates_store import import_rows
+from ivr.money.rates_store import import_rows
 from ivr.rating import parse_deck
 from ivr.testing.access import AccessLine, Caller, account_state, cdrs, open_reservations
 from ivr.testing.phone import Phone

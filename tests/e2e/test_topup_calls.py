@@ -18,10 +18,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy import inspect, select, text
 
-from ivr import runtime, vouchers
 from ivr.ami import AmiClient
 from ivr.asterisk import AsteriskInstance
 from ivr.db.models import Account, EntryKind, Payment, PaymentMethod
+from ivr.money import vouchers
 from ivr.payments import SandboxGateway
 from ivr.testing import free_port
 from ivr.testing.access import AccessLine, Caller, account_state, cdrs
@@ -302,7 +302,7 @@ async def test_an_empty_card_is_offered_the_menu_and_a_recharge_code_lets_it_cal
 ):
     card = access_line.card("0")
     (voucher,) = vouchers.generate(access_line.db, 1, Decimal("0.50"), "USD",
-                                   tmp_path / "vouchers.csv", key=runtime.get_secret_key())
+                                   tmp_path / "vouchers.csv", key=access_line.app.secret_key)
     call = await phone.call("ivr-access")
     caller = Caller(call)
     await caller.log_in(card)

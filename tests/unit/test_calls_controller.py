@@ -1,4 +1,4 @@
-"""The call controller (ivr.calls) and recovery (ivr.recovery): outcomes, warning times,
+"""The call controller (ivr.live.calls) and recovery (ivr.live.recovery): outcomes, warning times,
 holds, and the recovery sweep.
 
 Recovery runs against a small fake AMI (AstDB and live channels in dictionaries) and the
@@ -17,13 +17,14 @@ import pytest
 from sqlalchemy import select
 
 from ivr.ami import AmiActionError, AmiError
-from ivr.calls import ASTDB_FAMILY, CallController, CallOutcome, LiveCall
 from ivr.db import Database
 from ivr.db.migrate import upgrade
-from ivr.db.models import Account, Cdr, Reservation, ReservationStatus
-from ivr.ledger import Grant, Ledger
+from ivr.db.models import Account, Cdr, EntryKind, Reservation, ReservationStatus
+from ivr.live.calls import ASTDB_FAMILY, CallController, CallKey, CallOutcome, LiveCall
+from ivr.live.charging import Charging
+from ivr.live.recovery import FORGET_CHANNEL, Recovery, RecoveryReport
+from ivr.money.ledger import Grant, Ledger, credit
 from ivr.rating import MAX_CALL_SECONDS
-from ivr.recovery import FORGET_CHANNEL, Recovery, RecoveryReport
 from ivr.testing.access import CardInHand, create_test_plan, new_card
 
 # --------------------------------------------------------------------------- outcomes
@@ -59,7 +60,7 @@ def test_call_outcome_parse(record, status, billsec):
 
 @pytest.fixture
 def controller() -> CallController:
-    return CallController(None, Ledger.__new__(Ledger), low_balance_warning=60,
+    return CallController(None, low_balance_warning=60,
                           final_warning=10)
 
 
@@ -99,7 +100,7 @@ def test_warning_times_are_ordered_and_within_the_call(controller):
 
 @pytest.mark.parametrize(("low", "final"), [(10, 10), (5, 10)])
 def test_no_low_balance_warning_when_it_would_not_come_first(low, final):
-    c = CallController(None, Ledger.__new__(Ledger), low_balance_warning=low,
+    c = CallController(None, low_balance_warning=low,
                        final_warning=final)
     assert c.warning_times(300) == [("final", 290)]
     assert c.warning_times(5) == []
@@ -107,8 +108,8 @@ def test_no_low_balance_warning_when_it_would_not_come_first(low, final):
 
 def test_seconds_left_on_a_fake_clock():
     now = [100.0]
-    c = CallController(None, Ledger.__new__(Ledger), clock=lambda: now[0])
-    call = LiveCall("u.1-1", "u.1", "PJSIP/in-1", 1, granted=90)
+    c = CallController(None, clock=lambda: now[0])
+    call = LiveCall(CallKey.parse("u.1-1"), "PJSIP/in-1", 1, granted=90)
     assert c.seconds_left(call) == 90  # not answered yet
     call.answered_at = 100.0
     now[0] = 130.4
@@ -206,7 +207,7 @@ def ami() -> FakeAmi:
 
 @pytest.fixture
 def recovery(ami: FakeAmi, ledger: Ledger) -> Recovery:
-    return Recovery(CallController(ami, ledger))  # type: ignore[arg-type]
+    return Recovery(CallController(ami, Charging(ledger)))  # type: ignore[arg-type]
 
 
 def reserve(ledger: Ledger, card: CardInHand, key: str | None,
@@ -356,8 +357,8 @@ async def test_claimed_and_tracked_keys_are_skipped(db, ledger, card, ami, recov
     grants = [reserve(ledger, card, k, limit=20) for k in (claimed, tracked, orphan)]
     for k in (claimed, tracked, orphan):
         ami.astdb[(ASTDB_FAMILY, k)] = "ANSWER,1000"
-    recovery.controller.claim(claimed)
-    recovery.controller.track(LiveCall(tracked, "1700000000.8", "PJSIP/in-8",
+    recovery.controller.claim(CallKey.parse(claimed))
+    recovery.controller.track(LiveCall(CallKey.parse(tracked), "PJSIP/in-8",
                                        grants[1].reservation_id, grants[1].seconds))
     report = await recovery.recover_once()
     assert report.settled == [orphan]
@@ -408,10 +409,10 @@ async def test_no_sweep_without_ami(db, ledger, card, ami):
     key = "1700000000.12-1"
     grant = reserve(ledger, card, key)
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,2000"
-    report = await Recovery(CallController(None, ledger)).recover_once()
+    report = await Recovery(CallController(None, Charging(ledger))).recover_once()
     assert report.settled == []
     ami.connected = False
-    report = await Recovery(CallController(ami, ledger)).recover_once()  # type: ignore[arg-type]
+    report = await Recovery(CallController(ami, Charging(ledger))).recover_once()  # type: ignore[arg-type]
     assert report.settled == [] and ami.actions == []
     assert state(db, grant)[0] is ReservationStatus.ACTIVE
 
@@ -423,7 +424,7 @@ def held_call(ledger: Ledger, card: CardInHand, hold: int) -> tuple[LiveCall, Gr
     grant = ledger.authorize("12125550000", card_id=card.card_id, call_key="u.9-1",
                              channel="PJSIP/in-9", hold=hold)
     assert isinstance(grant, Grant)
-    call = LiveCall("u.9-1", "u.9", "PJSIP/in-9", grant.reservation_id, grant.seconds,
+    call = LiveCall(CallKey.parse("u.9-1"), "PJSIP/in-9", grant.reservation_id, grant.seconds,
                     hold=hold, affordable=grant.affordable, dest_channel="Local/callee-9",
                     answered_at=0.0)
     return call, grant
@@ -437,7 +438,7 @@ def limits(ami: FakeAmi) -> list[tuple[str, str]]:
 async def test_a_held_call_is_renewed_until_the_money_is_all_held(db, ledger, card, ami):
     # 1.00 at 0.60/min per second buys 100 s; the call holds 30 s at a time.
     now = [0.0]
-    c = CallController(ami, ledger, low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger), low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
                        clock=lambda: now[0])
     call, grant = held_call(ledger, card, hold=30)
     assert (grant.seconds, grant.amount, grant.affordable) == (30, Decimal("0.30"), 100)
@@ -447,7 +448,7 @@ async def test_a_held_call_is_renewed_until_the_money_is_all_held(db, ledger, ca
     grants = []
     for at in (15, 30, 45, 60, 75):
         now[0] = at
-        await c.renew(call.uniqueid)
+        await c.charging.renew(call)
         grants.append(call.granted)
     assert grants == [45, 60, 75, 90, 100]
     assert c.renewal_at(call) is None  # all the money is held: warnings are planned now
@@ -466,7 +467,7 @@ async def test_a_renewal_that_cannot_reach_the_ledger_keeps_the_limit_and_warns(
     db, ledger, card, ami, monkeypatch
 ):
     now = [0.0]
-    c = CallController(ami, ledger, low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger), low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
                        clock=lambda: now[0])
     call, grant = held_call(ledger, card, hold=30)
     c.track(call)
@@ -476,7 +477,7 @@ async def test_a_renewal_that_cannot_reach_the_ledger_keeps_the_limit_and_warns(
 
     monkeypatch.setattr(ledger, "extend", database_down)
     now[0] = 15
-    await c.renew(call.uniqueid)
+    await c.charging.renew(call)
     assert call.granted == 30 and c.renewal_at(call) is None
     assert limits(ami)[0] == ("Local/callee-9", "15.000")  # where it was
     # The caller is warned before Asterisk ends the call at the old limit.
@@ -487,7 +488,7 @@ async def test_a_renewal_that_cannot_reach_the_ledger_keeps_the_limit_and_warns(
 
 
 async def test_a_renewal_is_planned_and_warnings_from_all_the_money(ledger, card, ami):
-    c = CallController(ami, ledger, low_balance_warning=60, final_warning=10)  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger), low_balance_warning=60, final_warning=10)  # type: ignore[arg-type]
     call, _ = held_call(ledger, card, hold=40)  # 100 s of money, 40 s held
     call.answered_at = None
     c.track(call)
@@ -504,13 +505,13 @@ async def test_a_renewal_is_planned_and_warnings_from_all_the_money(ledger, card
 
 async def test_a_renewal_does_not_repeat_a_warning_already_whispered(ledger, card, ami):
     now = [0.0]
-    c = CallController(ami, ledger, low_balance_warning=60, final_warning=10,  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger), low_balance_warning=60, final_warning=10,  # type: ignore[arg-type]
                        clock=lambda: now[0])
     call, _ = held_call(ledger, card, hold=80)
     c.track(call)
     now[0] = 41.0
     call.whispers.append(("warning", 40.0))  # said at 40 s: 60 s before the money ends
-    await c.renew(call.uniqueid)
+    await c.charging.renew(call)
     assert call.granted == 100
     delays = [t.when() - asyncio.get_running_loop().time() for t in call._timers]
     assert len(delays) == 1 and 48 < delays[0] <= 49  # the final warning only
@@ -519,12 +520,12 @@ async def test_a_renewal_does_not_repeat_a_warning_already_whispered(ledger, car
 
 async def test_a_warning_learned_late_is_whispered_at_once(ledger, card, ami):
     now = [0.0]
-    c = CallController(ami, ledger, low_balance_warning=60, final_warning=10,  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger), low_balance_warning=60, final_warning=10,  # type: ignore[arg-type]
                        clock=lambda: now[0])
     call, _ = held_call(ledger, card, hold=80)  # 100 s bought: renewed at 40 s
     c.track(call)
     now[0] = 45.0
-    await c.renew(call.uniqueid)  # all held now: 100 s, the 60 s warning was due at 40 s
+    await c.charging.renew(call)  # all held now: 100 s, the 60 s warning was due at 40 s
     assert call.granted == 100 and c.renewal_at(call) is None
     delays = sorted(t.when() - asyncio.get_running_loop().time() for t in call._timers)
     assert len(delays) == 2 and delays[0] < 0.5 and 44 < delays[1] <= 45
@@ -546,7 +547,7 @@ async def test_a_bridged_call_of_a_dead_server_is_adopted_renewed_then_settled(
     ami.channels["Local/callee-8;1"] = "1700000000.9"
     ami.variables["Local/callee-8;1"] = {"IVR_CALL_KEY": key,
                                          "IVR_ANSWERED_AT": f"{time.time() - 19.5:.3f}"}
-    c = CallController(ami, ledger, reservation_hold=30)  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger, hold=30))  # type: ignore[arg-type]
     report = await Recovery(c).recover_once()
     assert (report.adopted, report.live, report.settled) == ([key], [], [])
     call = c.live_call("1700000000.8")
@@ -574,7 +575,7 @@ async def test_an_adopted_call_whose_hangup_was_missed_is_still_settled(db, ledg
     ami.channels["Local/callee-10;1"] = "1700000000.11"
     ami.variables["Local/callee-10;1"] = {"IVR_CALL_KEY": key,
                                           "IVR_ANSWERED_AT": f"{time.time():.3f}"}
-    c = CallController(ami, ledger)  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger))  # type: ignore[arg-type]
     assert (await Recovery(c).recover_once()).adopted == [key]
     ami.astdb[(ASTDB_FAMILY, key)] = "ANSWER,5000"  # ended; no Hangup event reached us
     assert (await Recovery(c).recover_once()).settled == [key]
@@ -596,7 +597,7 @@ async def test_a_live_call_that_cannot_be_followed_is_left_alone(
     ami.channels["Local/other;1"] = "1700000000.13"
     ami.variables["Local/other;1"] = {"IVR_CALL_KEY": "1700000000.99-1",
                                       "IVR_ANSWERED_AT": "1700000000.000"}
-    c = CallController(ami, ledger)  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger))  # type: ignore[arg-type]
     report = await Recovery(c).recover_once()
     assert (report.adopted, report.live) == ([], [key])
     assert c.live_calls == 0
@@ -608,7 +609,7 @@ async def test_a_hold_that_ran_out_in_the_top_up_menu_is_renewed_after_it(
     """The caller pressed *9 near the end of a hold and paid nothing: back from the menu
     the call gets the next hold from the money there is, not the old, passed limit."""
     now = [0.0]
-    c = CallController(ami, ledger, low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
+    c = CallController(ami, Charging(ledger), low_balance_warning=5, final_warning=2,  # type: ignore[arg-type]
                        clock=lambda: now[0])
     call, _ = held_call(ledger, card, hold=30)  # 100 s of money, 30 s held
     c.track(call)
@@ -616,7 +617,39 @@ async def test_a_hold_that_ran_out_in_the_top_up_menu_is_renewed_after_it(
     await c.hold_open(call.uniqueid, 60)  # the menu: at least 60 s, renewal held
     assert call._timers == [] and limits(ami)[0] == ("Local/callee-9", "60.000")
     now[0] = 70.0  # 40 s in the menu: past the old hold's end
-    await c.renew(call.uniqueid)
+    await c.charging.renew(call)
     assert call.granted == 100  # min(all the money, 70 s in + one hold)
     assert limits(ami)[-2] == ("Local/callee-9", "30.000")
     c.done(call.key)
+
+
+async def test_a_credit_renews_the_other_live_calls_of_the_account(db, ledger, card, ami):
+    """Money came into an account (a top-up during one of its calls): its other live
+    call, which had all the money there was, may now last longer; the call that paid is
+    left to its own menu's renewal."""
+    charging = Charging(ledger, hold=600)
+    c = CallController(ami, charging, clock=lambda: 0.0)  # type: ignore[arg-type]
+    other = new_card(db, Decimal("0"), account=card.account)
+    calls = []
+    for n, holder in ((1, card), (2, other)):
+        key = CallKey(f"u.{n}", 1)
+        grant = ledger.authorize("12125550000", card_id=holder.card_id, call_key=str(key),
+                                 channel=f"PJSIP/in-{n}", hold=600)
+        assert isinstance(grant, Grant)
+        call = LiveCall(key, f"PJSIP/in-{n}", grant.reservation_id, grant.seconds, hold=600,
+                        account_id=grant.account_id, affordable=grant.affordable,
+                        dest_channel=f"Local/callee-{n};1", answered_at=c.now())
+        c.track(call)
+        calls.append(call)
+    paying, sharing = calls
+    # 1.00 buys 100 s: the first call held half while the other card was idle.
+    assert (paying.granted, sharing.granted) == (50, 50)
+    with db.transaction() as s:
+        credit(s, paying.account_id, Decimal("0.50"), EntryKind.TOPUP, ref="test-topup")
+    await charging.credited(paying.account_id, but=paying.key)
+    # The other call holds what the 0.50 buys on top of its own 50 s; the paying one is
+    # renewed by its own menu, not here.
+    assert (paying.granted, sharing.granted) == (50, 100)
+    assert limits(ami) == [("Local/callee-2;1", "100.000"), ("PJSIP/in-2", "130")]
+    for call in calls:
+        c.done(call.key)

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from ivr.accounts import create_account
 from ivr.config import Settings
 from ivr.db import Database
 from ivr.db.migrate import upgrade
 from ivr.db.models import Account, EntryKind
-from ivr.ledger import credit
-from ivr.notify import (
+from ivr.money.accounts import create_account
+from ivr.money.ledger import credit
+from ivr.money.notify import (
     AmiSmsSender,
     HttpSmsSender,
     NotifyError,

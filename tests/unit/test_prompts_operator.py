@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from ivr import prompts, runtime
 from ivr.agi import AgiServer
+from ivr.app import App
 from ivr.config import load_settings
 from ivr.db.models import Operator
 from ivr.flows.operator import operator
-from ivr.prompts import PromptStore, load_catalogue
+from ivr.prompts import PromptStore, Voice, load_catalogue
 from ivr.prompts.build import build
 from ivr.secrets import hash_pin
 from ivr.testing.fake_asterisk import FakeAsterisk, default_rule
@@ -44,12 +44,11 @@ def store(built, tmp_path) -> PromptStore:
 async def line(store, tmp_path):
     """Runs one operator call against the fake Asterisk with a scripted caller."""
     settings = load_settings(environ={}).replace(data_dir=tmp_path / "data")
-    runtime.set_settings(settings)
-    prompts.set_store(store)
-    with runtime.get_database().transaction() as s:
+    app = App.build(settings, voice=Voice(load_catalogue(), store))
+    with app.db.transaction() as s:
         s.add(Operator(name="alice", pin_hash=hash_pin(PIN), active=True,
                        created_at=datetime.now(UTC)))
-    server = AgiServer({"operator": operator}, "127.0.0.1", 0)
+    server = AgiServer(app.routes({"operator": operator}), "127.0.0.1", 0)
     await server.start()
 
     async def call(answers: dict[str, list[str]], hangup_after: int | None = None) -> list[str]:
@@ -63,8 +62,7 @@ async def line(store, tmp_path):
     call.server = server  # type: ignore[attr-defined]
     yield call
     await server.shutdown(grace=1)
-    prompts.set_store(None)
-    runtime.set_settings(None)
+    app.dispose()
 
 
 def caller(queues: dict[str, list[str]]) -> Callable[[str], str]:

@@ -6,12 +6,21 @@ from decimal import Decimal
 
 import pytest
 
-from ivr import prompts
 from ivr.agi import AgiServer, AgiSession
-from ivr.prompts import Catalogue, PromptStore, load_catalogue
+from ivr.prompts import Catalogue, PromptStore, Voice, load_catalogue
 from ivr.prompts.build import build
-from ivr.prompts.say import say_duration, say_money, word_ids
+from ivr.prompts.say import word_ids
 from ivr.testing.fake_asterisk import FakeAsterisk, default_rule
+
+
+# The Voice under test is the call's (the fixture puts it there), so the cases below
+# read as what a flow says.
+def say_money(call: AgiSession, *args, **kwargs):
+    return call.state["voice"].say_money(call, *args, **kwargs)
+
+
+def say_duration(call: AgiSession, *args, **kwargs):
+    return call.state["voice"].say_duration(call, *args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +37,14 @@ def word_store(tmp_path_factory) -> tuple[PromptStore, Catalogue]:
 @pytest.fixture
 async def say(word_store):
     store, words = word_store
-    prompts.set_store(store, words)
+    voice = Voice(words, store)
     servers: list[AgiServer] = []
 
     async def run(action, *, language: str = "en", rule=default_rule) -> tuple[list[str], list]:
         results: list = []
 
         async def route(call: AgiSession) -> None:
+            call.state["voice"] = voice
             results.append(await action(call))
 
         server = AgiServer({"say": route}, "127.0.0.1", 0)
@@ -47,7 +57,6 @@ async def say(word_store):
         return commands, results
 
     yield run
-    prompts.set_store(None)
     for server in servers:
         await server.shutdown(grace=1)
 
@@ -131,7 +140,7 @@ async def test_numbers_follow_the_language_the_caller_chose(say, word_store):
     language, so it is switched once, before the first number."""
 
     async def spanish(call: AgiSession) -> None:
-        prompts.set_language(call, "es")
+        call.state["voice"].set_language(call, "es")
         await say_money(call, Decimal("5.20"), "USD")
         await say_duration(call, 23 * 60)
 

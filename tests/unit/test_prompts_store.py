@@ -9,12 +9,13 @@ import json
 import subprocess
 import wave
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from ivr.asterisk import AsteriskInstall, AsteriskInstance
 from ivr.config import load_settings
-from ivr.prompts import CatalogueError, ManifestError, PromptStore
+from ivr.prompts import CatalogueError, ManifestError, PromptStore, Voice
 from ivr.prompts.audio import AudioError, EngineUnavailable, sox_formats, wav_duration
 from ivr.prompts.build import build, import_recordings, plan_build
 from ivr.prompts.catalogue import parse_catalogue, text_hash
@@ -206,25 +207,22 @@ def test_recorded_prompts_are_never_replaced_by_a_build(store, catalogue, tmp_pa
 def test_only_missing_builds_what_has_no_audio_and_keeps_the_rest(store, catalogue, caplog):
     """What an instance start runs (AsteriskInstance.build_prompts), and what `ivr serve`
     says when prompts have no audio."""
-    from ivr import cli, prompts
+    from ivr.service import check_prompts
 
-    prompts.set_store(store, catalogue)
-    try:
-        cli._check_prompts()
-        assert "6 voice prompt(s) have no audio" in caplog.text
-        assert "run `ivr prompts build`" in caplog.text
-        build(catalogue, store, langs=("en",), progress=False)
-        changed = parse_catalogue(CATALOGUE.replace('"Goodbye."', '"Good bye, see you."'))
-        report = build(changed, store, only_missing=True, progress=False)
-        # Only the missing language is made; speech from older text is kept (the full
-        # build, `ivr prompts build`, remakes it).
-        assert sorted(report.made) == sorted((p.id, "es") for p in catalogue)
-        assert store.current("goodbye", "en").version == 1
-        caplog.clear()
-        cli._check_prompts()
-        assert caplog.text == ""
-    finally:
-        prompts.set_store(None)
+    app = SimpleNamespace(voice=Voice(catalogue, store))
+    check_prompts(app)  # type: ignore[arg-type]
+    assert "6 voice prompt(s) have no audio" in caplog.text
+    assert "run `ivr prompts build`" in caplog.text
+    build(catalogue, store, langs=("en",), progress=False)
+    changed = parse_catalogue(CATALOGUE.replace('"Goodbye."', '"Good bye, see you."'))
+    report = build(changed, store, only_missing=True, progress=False)
+    # Only the missing language is made; speech from older text is kept (the full
+    # build, `ivr prompts build`, remakes it).
+    assert sorted(report.made) == sorted((p.id, "es") for p in catalogue)
+    assert store.current("goodbye", "en").version == 1
+    caplog.clear()
+    check_prompts(app)  # type: ignore[arg-type]
+    assert caplog.text == ""
 
 
 def test_build_languages_and_engines_are_checked(store, catalogue):

@@ -2,11 +2,12 @@
 
 A code is ``length`` digits from the CSPRNG whose last digit is a Luhn check digit, so a
 mistyped code is refused without looking it up. The database keeps only a keyed hash of
-the code (HMAC-SHA256 under the server's secret key, ``runtime.get_secret_key``) and its
-last four digits: the CSV written at generation (mode 0600, never overwritten) is the one
-clear copy. A plain hash would not do: codes are short digit strings, so anyone with a
-copy of the database could try them all offline; without the key they cannot. Codes
-stored by earlier versions under plain SHA-256 are still found (``_hashes``).
+the code (HMAC-SHA256 under the server's secret key: ``App.secret_key``, from
+ivr.secrets.load_secret_key) and its last four digits: the CSV written at generation
+(mode 0600, never overwritten) is the one clear copy. A plain hash would not do: codes
+are short digit strings, so anyone with a copy of the database could try them all
+offline; without the key they cannot. Codes stored by earlier versions under plain
+SHA-256 are still found (``_hashes``).
 
 Exactly once: a redemption is a conditional ``UPDATE vouchers SET status='redeemed' ...
 WHERE code_hash IN (:hashes) AND status = 'new'`` whose row count decides, and the credit is
@@ -39,22 +40,14 @@ from pathlib import Path
 from sqlalchemy import insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from ..db import Database, lock_account, rows_changed
+from ..db.models import Account, AccountStatus, Card, CardStatus, EntryKind, Voucher, VoucherStatus
+from ..db.types import as_utc, display, to_micros
+from ..secrets import luhn_valid, random_digits, with_check_digit
 from .accounts import NotFound
-from .db import Database, lock_account
-from .db.models import (
-    Account,
-    AccountStatus,
-    Card,
-    CardStatus,
-    EntryKind,
-    Voucher,
-    VoucherStatus,
-)
-from .db.types import display, to_micros
 from .ledger import LedgerError, credit
-from .secrets import luhn_valid, random_digits, with_check_digit
 
-log = logging.getLogger("ivr.vouchers")
+log = logging.getLogger("ivr.money.vouchers")
 
 MIN_LENGTH = 12  # 11 random digits and the check digit
 MAX_LENGTH = 32
@@ -279,7 +272,7 @@ def redeem(
         # to this statement.
         voucher = s.scalar(select(Voucher).where(Voucher.code_hash.in_(hashes))
                            .execution_options(populate_existing=True))
-        if claimed.rowcount != 1:
+        if rows_changed(claimed) != 1:
             if voucher is None:
                 return result(_wrong_code(card, max_failures, last4))
             return result(_why_not(voucher, account, today))
@@ -355,10 +348,11 @@ def void(db: Database, code: str, *, key: bytes) -> VoucherInfo:
             .execution_options(synchronize_session=False)
         )
         s.refresh(voucher)
-        if claimed.rowcount != 1 and voucher.status is VoucherStatus.REDEEMED:
+        changed = rows_changed(claimed)
+        if changed != 1 and voucher.status is VoucherStatus.REDEEMED:
             raise LedgerError(f"voucher ...{voucher.last4} was already redeemed; "
                               "it cannot be voided")
-        if claimed.rowcount == 1:
+        if changed == 1:
             log.info("voucher ...%s voided", voucher.last4)
         return _info(s, voucher)
 
@@ -377,11 +371,4 @@ def _info(s: Session, v: Voucher) -> VoucherInfo:
     by = s.scalar(select(Account.number).where(Account.id == v.redeemed_by)) \
         if v.redeemed_by is not None else None
     return VoucherInfo(v.id, v.last4, v.value, v.currency, v.batch, v.status, v.expires_on,
-                       _aware(v.redeemed_at), by, _aware(v.created_at))  # type: ignore[arg-type]
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+                       as_utc(v.redeemed_at), by, as_utc(v.created_at))

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Select,
     case,
     cast,
@@ -36,8 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session, aliased
 
-from .accounts import NotFound
-from .db.models import (
+from ..db.models import (
     Account,
     Card,
     Cdr,
@@ -47,6 +47,8 @@ from .db.models import (
     Reservation,
     ReservationStatus,
 )
+from ..db.types import as_utc
+from .accounts import NotFound
 
 PAGE_SIZE = 1000
 GROUPS_PER_FETCH = 5000  # grouped report rows fetched at a time (a server-side cursor)
@@ -122,23 +124,16 @@ class ReportRow:
 # ----------------------------------------------------------------------------- call records
 
 
-def _answered() -> Any:
+def _answered() -> ColumnElement[bool]:
     """Settled: billable seconds, or its reservation settled (an EXISTS, so that a page of
     call records is read from cdrs alone)."""
     return or_(Cdr.billable_seconds > 0, exists().where(
         Reservation.id == Cdr.reservation_id, Reservation.status == ReservationStatus.SETTLED))
 
 
-def _answered_joined() -> Any:
+def _answered_joined() -> ColumnElement[bool]:
     """_answered for a query that outer-joins the reservation (a report's whole range)."""
     return or_(Reservation.status == ReservationStatus.SETTLED, Cdr.billable_seconds > 0)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite returns naive datetimes; they were stored as UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 def _utc(value: datetime) -> datetime:
@@ -201,10 +196,12 @@ def _pages(s: Session, base: Select[Any], limit: int | None,
             Cdr.currency, Cdr.hangup_cause,
         ).join(ids, ids.c.id == Cdr.id).join(Account, Account.id == Cdr.account_id)
          .outerjoin(card, card.id == Cdr.card_id).order_by(Cdr.id)).all()
-        for (id_, uniqueid, started, answered_at, ended, *middle, answered, seconds, cost,
+        for (id_, uniqueid, started, answered_at, ended, account, card_number, caller,
+             destination, destination_name, prefix, plan, service, answered, seconds, cost,
              currency, cause) in page:
-            yield CdrRow(id_, uniqueid, _aware(started), _aware(answered_at), _aware(ended),
-                         *middle, bool(answered), seconds, cost, currency, cause)
+            yield CdrRow(id_, uniqueid, as_utc(started), as_utc(answered_at), as_utc(ended),
+                         account, card_number, caller, destination, destination_name, prefix,
+                         plan, service, bool(answered), seconds, cost, currency, cause)
         if len(page) < size:
             return
         last = page[-1][0]

@@ -1,19 +1,17 @@
-"""Voice prompt and operator commands: ``ivr prompts ...`` and ``ivr operators ...``."""
+"""Voice prompts and who records them: ``ivr prompts ...`` and ``ivr operators ...``."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .cli_common import EXIT_REFUSED, CommandError, command
-from .cli_common import emit as _emit
-from .config import Settings
+from ..config import Settings
+from .common import EXIT_USAGE, CommandError, command, emit, open_db, with_json
 
-__all__ = ["EXIT_REFUSED", "CommandError", "add_commands", "open_store"]
-OPERATOR_PIN_LENGTH = 8
+if TYPE_CHECKING:
+    from ..prompts import PromptStore
 
 
 def _langs(text: str) -> tuple[str, ...]:
@@ -23,10 +21,10 @@ def _langs(text: str) -> tuple[str, ...]:
     return langs
 
 
-def open_store(settings: Settings, store_dir: Path | None = None):  # -> PromptStore
+def open_store(settings: Settings, store_dir: Path | None = None) -> PromptStore:
     """The prompt store of the configured Asterisk instance, or the one in ``store_dir``."""
-    from .asterisk import AsteriskSetupError, instance_for, resolve_install
-    from .prompts import PromptStore
+    from ..asterisk import AsteriskSetupError, instance_for, resolve_install
+    from ..prompts import PromptStore
 
     if store_dir is not None:
         try:
@@ -44,29 +42,30 @@ def open_store(settings: Settings, store_dir: Path | None = None):  # -> PromptS
 # --------------------------------------------------------------------------- prompts
 
 
+@command
 def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
-    from .prompts import load_catalogue
+    from ..prompts import load_catalogue
 
     catalogue = load_catalogue(args.catalogue)
     store = open_store(settings, args.store)
     action = args.action
     if action == "build":
-        from .prompts.build import build
+        from ..prompts.build import build
 
         report = build(catalogue, store, langs=args.lang, engine=args.engine, force=args.force,
                        progress=not args.quiet)
-        _emit(args, {"made": report.made, "up_to_date": len(report.up_to_date),
+        emit(args, {"made": report.made, "up_to_date": len(report.up_to_date),
                      "recorded": len(report.recorded), "store": str(store.host_dir)},
               f"prompts in {store.host_dir}: {report.summary()}")
         return 0
     if action == "import":
-        from .prompts.build import import_recordings
+        from ..prompts.build import import_recordings
 
         done = import_recordings(catalogue, store, args.directory, args.lang,
                                  progress=not args.quiet)
         rows = [{"id": item.prompt.id, "language": item.lang, "file": item.path.name,
                  "duration": round(seconds, 2)} for item, seconds in done]
-        _emit(args, {"imported": rows}, "\n".join(
+        emit(args, {"imported": rows}, "\n".join(
             f"{r['id']} ({r['language']}) <- {r['file']}  {r['duration']:.2f}s" for r in rows)
             + f"\n{len(rows)} recordings imported")
         return 0
@@ -79,15 +78,15 @@ def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
         lang = args.lang or catalogue.default_language
         catalogue.check_languages([lang])
         version = store.restore(args.id, lang, args.version)
-        _emit(args, {"id": args.id, "language": lang, "current": version.version,
+        emit(args, {"id": args.id, "language": lang, "current": version.version,
                      "source": version.source},
               f"{args.id} ({lang}): version {version.version} ({version.source}) is current")
         return 0
-    raise CommandError(f"unknown action {action}", "usage", 2)
+    raise CommandError(f"unknown action {action}", "usage", EXIT_USAGE)
 
 
 def _status(catalogue, store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from .prompts.catalogue import text_hash
+    from ..prompts.catalogue import text_hash
 
     langs = catalogue.check_languages(args.lang or catalogue.languages)
     manifest = store.manifest()
@@ -140,49 +139,33 @@ def _history(catalogue, store, args: argparse.Namespace) -> int:  # type: ignore
             who = v.get("by") or v.get("origin") or v.get("engine") or ""
             lines.append(f" {mark} v{v['version']:<3} {v['source']:8} {v['duration']:6.2f}s  "
                          f"{v['created_at']}  {who}")
-    _emit(args, {"id": args.id, "languages": data}, "\n".join(lines))
+    emit(args, {"id": args.id, "languages": data}, "\n".join(lines))
     return 0
 
 
 # --------------------------------------------------------------------------- operators
 
 
+@command
 def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
-    from sqlalchemy import select
-
-    from .cli_admin import open_db
-    from .db.models import Operator
-    from .secrets import hash_pin, new_pin, verify_pin
+    from ..operators import add_operator, disable_operator, list_operators
 
     db = open_db(settings)
     with db.transaction() as s:
         if args.action == "add":
-            name = args.name.strip()
-            if not name or len(name) > 64:
-                raise CommandError("an operator name is 1-64 characters", "bad_argument")
-            if s.scalar(select(Operator.id).where(Operator.name == name)) is not None:
-                raise CommandError(f"operator {name!r} already exists", "exists")
-            others = s.scalars(select(Operator.pin_hash).where(Operator.active)).all()
-            while True:  # PINs alone identify operators: never hand out one in use
-                pin = new_pin(OPERATOR_PIN_LENGTH)
-                if not any(verify_pin(pin, h) for h in others):
-                    break
-            s.add(Operator(name=name, pin_hash=hash_pin(pin), active=True,
-                           created_at=datetime.now(UTC)))
-            _emit(args, {"name": name, "pin": pin},
-                  f"operator {name} added; PIN {pin} (shown once only: give it to {name})")
+            operator, pin = add_operator(s, args.name)
+            name = operator.name
+            emit(args, {"name": name, "pin": pin},
+                 f"operator {name} added; PIN {pin} (shown once only: give it to {name})")
             return 0
         if args.action == "disable":
-            op = s.scalar(select(Operator).where(Operator.name == args.name))
-            if op is None:
-                raise CommandError(f"no operator {args.name!r}", "not_found")
-            op.active = False
-            _emit(args, {"name": op.name, "active": False}, f"operator {op.name} disabled")
+            operator = disable_operator(s, args.name)
+            emit(args, {"name": operator.name, "active": False},
+                 f"operator {operator.name} disabled")
             return 0
-        ops = s.scalars(select(Operator).order_by(Operator.name)).all()
         rows = [{"name": o.name, "active": o.active, "created_at": o.created_at,
-                 "last_login_at": o.last_login_at} for o in ops]
-        _emit(args, {"operators": rows}, "\n".join(
+                 "last_login_at": o.last_login_at} for o in list_operators(s)]
+        emit(args, {"operators": rows}, "\n".join(
             f"{r['name']:24} {'active' if r['active'] else 'disabled':8} "
             f"last log-in {r['last_login_at'] or 'never'}" for r in rows) or "no operators")
     return 0
@@ -191,14 +174,14 @@ def cmd_operators(settings: Settings, args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
+        with_json(p)
         p.add_argument("--store", type=Path, metavar="DIR",
                        help="prompt store directory (default: the Asterisk instance's)")
         p.add_argument("--catalogue", type=Path, metavar="FILE",
                        help="catalogue file (default: prompts/catalogue.toml)")
-        p.set_defaults(func=command(cmd_prompts))
+        p.set_defaults(func=cmd_prompts)
         return p
 
     prompts = sub.add_parser("prompts", help="voice prompts: build, import, status, restore")
@@ -234,5 +217,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         p = actions.add_parser(name, help=helptext)
         if name != "list":
             p.add_argument("name")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=command(cmd_operators))
+        with_json(p)
+        p.set_defaults(func=cmd_operators)

@@ -1,5 +1,5 @@
 """Operator commands for call records and traffic reports: ``ivr cdrs list`` and
-``ivr reports daily|monthly`` (text, --json or --csv). The queries are in ivr.reports."""
+``ivr reports daily|monthly`` (text, --json or --csv). The queries are in ivr.money.reports."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .cli_admin import _whole, open_db
-from .cli_common import CommandError, command, emit, money
-from .config import Settings
-from .reports import CdrFilter, CdrRow, ReportRow, currency_decimals, iter_cdrs, report
+from ..config import Settings
+from ..money.reports import CdrFilter, CdrRow, ReportRow, currency_decimals, iter_cdrs, report
+from .common import CommandError, command, emit, money, open_db, whole_arg
 
 _MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
 CDR_FIELDS = ("id", "uniqueid", "started_at", "answered_at", "ended_at", "account", "card",
@@ -74,6 +73,7 @@ def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
 # --------------------------------------------------------------------------- cdrs
 
 
+@command
 def cmd_cdrs(settings: Settings, args: argparse.Namespace) -> int:
     tz = _zone(args.tz)
     start, end = _range(args, tz)
@@ -135,6 +135,7 @@ def _write_cdrs(args: argparse.Namespace, rows: Iterable[dict[str, Any]], tz: Zo
 # --------------------------------------------------------------------------- reports
 
 
+@command
 def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
     tz = _zone(args.tz)
     start, end = _range(args, tz)
@@ -188,7 +189,7 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cdrs = sub.add_parser("cdrs", help="call records").add_subparsers(
         dest="action", required=True)
     p = _common(cdrs.add_parser("list", help="call records, oldest first (streamed)"))
@@ -198,12 +199,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="dialled numbers starting with these digits, or a destination name")
     p.add_argument("--status", choices=["answered", "unanswered"])
     p.add_argument("--cause", help="hang-up cause (ANSWER, BUSY, NOANSWER, CONGESTION...)")
-    p.add_argument("--limit", type=_whole, help="at most this many records")
-    p.set_defaults(func=command(cmd_cdrs))
+    p.add_argument("--limit", type=whole_arg, help="at most this many records")
+    p.set_defaults(func=cmd_cdrs)
 
     p = _common(sub.add_parser(
         "reports", help="calls, minutes, revenue, top-ups, ASR and ACD per day or month"))
     p.add_argument("period", choices=["daily", "monthly"])
     p.add_argument("--by", choices=["destination", "plan"], help="one row per group too")
-    p.set_defaults(func=command(cmd_reports))
-
+    p.set_defaults(func=cmd_reports)

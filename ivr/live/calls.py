@@ -1,7 +1,8 @@
 """The call controller: live calls seen from AMI, their holds and mid-call warnings.
 
-The access flow (``ivr.flows.access``) dials; this module watches. For each live call it
-learns from AMI when the destination answered (``DialEnd``), and schedules two warnings
+One controller per Asterisk box. The access flow (``ivr.flows.access``) dials and the
+charging session (``ivr.live.charging``) owns the call's money; this module watches. For each
+live call it learns from AMI when the destination answered (``DialEnd``), and schedules two warnings
 for the caller alone: one when the time left falls below ``low_balance_warning`` seconds,
 a last one ``final_warning`` seconds before the cut. A warning is whispered into the
 caller's channel with ChanSpy (``w``), so the called party hears nothing.
@@ -12,14 +13,16 @@ connection can never let a call run unpaid. :meth:`CallController.extend` moves 
 during a call (AMI ``Setvar`` of ``TIMEOUT(absolute)``, to the millisecond).
 
 Holds: a call reserves at most ``reservation_hold`` seconds of its account's balance at a
-time (ivr.ledger, ``hold``; a share of what is not held while other cards of the account
-are idle). Before a hold runs out (halfway through a short one) the controller renews it
-from what the balance, less the other calls' holds, still buys, and moves the limit. The
+time (ivr.money.ledger, ``hold``; a share of what is not held while other cards of the account
+are idle). Before a hold runs out (halfway through a short one) the controller asks the
+charging session to renew it from what the balance, less the other calls' holds, still
+buys; the session moves the limit through :meth:`CallController.extend`. The
 warnings are planned from what all that money buys, not from the hold, and planned again
 at each renewal. So cards sharing an account can call at once and together never spend
 more than the balance.
 
-Calls that outlive this server are settled or adopted by :mod:`ivr.recovery`.
+Calls that outlive this server are settled (through the charging session) or adopted
+by :mod:`ivr.live.recovery`.
 """
 
 from __future__ import annotations
@@ -29,15 +32,18 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .ami import AmiClient, AmiError
-from .ledger import Ledger
+from ..ami import AmiClient, AmiError
 
-log = logging.getLogger("ivr.calls")
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .charging import Charging
+
+log = logging.getLogger("ivr.live.calls")
 
 ASTDB_FAMILY = "ivr-calls"
 WHISPER_CHANNEL = "Local/s@ivr-whisper/n"
@@ -46,16 +52,55 @@ RENEW_MARGIN = 10  # seconds: a hold is renewed this long before its first warni
 BACKSTOP_MARGIN = 30  # seconds the caller channel's own limit lies beyond the call's
 
 
+def backstop(seconds: float) -> int:
+    """The caller channel's own TIMEOUT(absolute) for a call that may last ``seconds``
+    more: a looser limit than the called channel's (the one that counts), so the caller's
+    leg never outlives a dead server by long. Every writer of that limit (the access
+    flow before Dial, the top-up menu, :meth:`CallController._set_limit`) takes it from
+    here."""
+    return math.ceil(seconds) + BACKSTOP_MARGIN
+
+
+@dataclass(frozen=True, order=True)
+class CallKey:
+    """A dialled call: the caller channel's uniqueid and the attempt number within that
+    channel's session (a caller may make several calls). Its text ``<uniqueid>-<n>`` is
+    the AstDB key of the call's record, the reservation's ``call_key`` and the
+    settlement's idempotency key."""
+
+    uniqueid: str
+    attempt: int
+
+    def __str__(self) -> str:
+        return f"{self.uniqueid}-{self.attempt}"
+
+    @classmethod
+    def parse(cls, text: str) -> CallKey:
+        """The key ``str(key)`` wrote; ValueError for anything else."""
+        uniqueid, sep, attempt = text.rpartition("-")
+        if not sep or not uniqueid or not attempt.isdigit():
+            raise ValueError(f"not a call key: {text!r}")
+        return cls(uniqueid, int(attempt))
+
+    @classmethod
+    def of(cls, key: CallKey | str) -> CallKey:
+        return key if isinstance(key, CallKey) else cls.parse(key)
+
+
+
 @dataclass
 class LiveCall:
-    key: str  # <caller uniqueid>-<attempt>: AstDB key and settlement idempotency key
-    uniqueid: str  # the caller's channel
-    channel: str
+    key: CallKey  # AstDB key and settlement idempotency key
+    channel: str  # the caller's
     reservation_id: int
     granted: int  # seconds the call may last from answer (its hold)
     language: str = "en"
     card_id: int | None = None
+    account_id: int = 0
+    currency: str = ""
     callerid: str | None = None
+    asterisk: str = "asterisk"  # the name of the Asterisk box (its controller) it is on
+    server_id: int | None = None  # the server (ivr.live.servers) whose reservation it is
     auto_recharge: bool = False  # the account has it set (Grant.auto_recharge)
     hold: int = 0  # seconds held at a time, renewed as the call goes on; 0: no renewal
     held_at: float = 0.0  # seconds after answer when the present grant was made
@@ -66,6 +111,16 @@ class LiveCall:
     whispers: list[tuple[str, float]] = field(default_factory=list)  # (kind, seconds after answer)
     _timers: list[asyncio.TimerHandle] = field(default_factory=list, repr=False)  # plan
     _recharge_timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def uniqueid(self) -> str:
+        """The caller's channel."""
+        return self.key.uniqueid
+
+    def set_recharge_timer(self, timer: asyncio.TimerHandle) -> None:
+        if self._recharge_timer is not None:
+            self._recharge_timer.cancel()
+        self._recharge_timer = timer
 
     def cancel_plan(self) -> None:
         """Cancel the planned warnings and hold renewal."""
@@ -98,62 +153,66 @@ class CallOutcome:
 
 
 class CallController:
+    """The live calls on one Asterisk box, seen from its AMI connection."""
+
     def __init__(
         self,
         ami: AmiClient | None,
-        ledger: Ledger,
+        charging: Charging | None = None,
         *,
+        name: str = "asterisk",
         low_balance_warning: int = 60,
         final_warning: int = 10,
         clock: Callable[[], float] | None = None,
-        auto_recharge: Callable[[LiveCall], Awaitable[bool]] | None = None,
-        reservation_hold: int = 0,
     ) -> None:
         self.ami = ami
-        self.reservation_hold = reservation_hold  # for calls adopted by recovery
-        # Charges the account's linked payment method for a call crossing its threshold;
-        # True when money was added (the controller then renews the call's hold).
-        self.auto_recharge = auto_recharge
-        self.ledger = ledger
+        self.name = name
+        # The money side: renewals and auto-recharge are its decisions (ivr.live.charging).
+        self.charging = charging
         self.low_balance_warning = low_balance_warning
         self.final_warning = final_warning
         self._clock = clock
-        self._claimed: set[str] = set()
+        self._claimed: set[CallKey] = set()
         self._live: dict[str, LiveCall] = {}  # by caller uniqueid
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe: list[Callable[[], None]] = []
+        if charging is not None:
+            charging.attach(self)
         if ami is not None:
-            for name, handler in (("DialBegin", self._on_dial_begin),
-                                  ("DialEnd", self._on_dial_end),
-                                  ("Hangup", self._on_hangup)):
-                self._unsubscribe.append(ami.on_event(name, handler))
+            for event, handler in (("DialBegin", self._on_dial_begin),
+                                   ("DialEnd", self._on_dial_end),
+                                   ("Hangup", self._on_hangup)):
+                self._unsubscribe.append(ami.on_event(event, handler))
 
     @classmethod
-    def from_settings(cls, ami: AmiClient | None, ledger: Ledger, settings: Any,
-                      **kwargs: Any) -> CallController:
-        return cls(ami, ledger, low_balance_warning=settings.low_balance_warning,
-                   final_warning=settings.final_warning,
-                   reservation_hold=settings.reservation_hold, **kwargs)
+    def from_settings(cls, ami: AmiClient | None, charging: Charging | None,
+                      settings: Settings, *, name: str = "asterisk",
+                      clock: Callable[[], float] | None = None) -> CallController:
+        return cls(ami, charging, name=name, low_balance_warning=settings.low_balance_warning,
+                   final_warning=settings.final_warning, clock=clock)
 
     def now(self) -> float:
         return self._clock() if self._clock else asyncio.get_running_loop().time()
 
     # ------------------------------------------------------------------ registry
 
-    def claimed(self, key: str) -> bool:
+    def claimed(self, key: CallKey | str) -> bool:
         """A flow of this process owns this call (recovery leaves it alone)."""
-        return key in self._claimed
+        return CallKey.of(key) in self._claimed
 
-    def claim(self, key: str) -> None:
-        """A flow of this process owns this call key (recovery leaves it alone). Claim
-        before reserving, so the recovery sweep never sees an unowned reservation."""
+    def claim(self, key: CallKey) -> None:
+        """A flow of this process owns this call key (recovery leaves it alone). The
+        charging session claims before reserving, so the recovery sweep never sees an
+        unowned reservation."""
         self._claimed.add(key)
 
     def track(self, call: LiveCall) -> None:
         self._claimed.add(call.key)
         self._live[call.uniqueid] = call
 
-    def done(self, key: str) -> None:
+    def done(self, key: CallKey | str) -> None:
         """The flow has settled (or released) this call."""
+        key = CallKey.of(key)
         self._claimed.discard(key)
         for uniqueid, call in list(self._live.items()):
             if call.key == key:
@@ -163,6 +222,9 @@ class CallController:
     def live_call(self, uniqueid: str) -> LiveCall | None:
         return self._live.get(uniqueid)
 
+    def calls_of(self, account_id: int) -> list[LiveCall]:
+        return [call for call in self._live.values() if call.account_id == account_id]
+
     @property
     def live_calls(self) -> int:
         return len(self._live)
@@ -171,12 +233,12 @@ class CallController:
         """The answered calls followed now, while AMI is connected (so Asterisk is up):
         (reservation id, answer time). The server's heartbeat records them as seen alive
         now, the time up to which such a call is billed if Asterisk loses it
-        (ivr.servers, ivr.recovery)."""
+        (ivr.live.servers, ivr.live.recovery)."""
         if self.ami is None or not self.ami.connected:
             return []
         now, wall = self.now(), time.time()
-        return [(call.reservation_id, datetime.fromtimestamp(wall - (now - call.answered_at), UTC))
-                for call in self._live.values() if call.answered_at is not None]
+        return [(call.reservation_id, datetime.fromtimestamp(wall - (now - answered), UTC))
+                for call in self._live.values() if (answered := call.answered_at) is not None]
 
     # ------------------------------------------------------------------ AMI events
 
@@ -192,8 +254,8 @@ class CallController:
         call.answered_at = self.now()
         call.dest_channel = event.get("DestChannel", call.dest_channel)
         self._plan(call)
-        if self.auto_recharge is not None and call.auto_recharge:
-            asyncio.ensure_future(self._plan_auto_recharge(call))
+        if self.charging is not None:
+            self._spawn(self.charging.answered(call))
 
     def _on_hangup(self, event: Any) -> None:
         uniqueid = event.get("Uniqueid", "")
@@ -243,9 +305,10 @@ class CallController:
         loop = asyncio.get_running_loop()
         elapsed = self.now() - call.answered_at
         renew_at = self.renewal_at(call)
-        if renew_at is not None:
+        if renew_at is not None and self.charging is not None:
+            charging = self.charging
             call._timers.append(loop.call_later(
-                max(0.0, renew_at - elapsed), lambda: asyncio.ensure_future(self._renew(call))
+                max(0.0, renew_at - elapsed), lambda: self._spawn(charging.renew_due(call))
             ))
         total = max(call.affordable, call.granted)
         whispered = {kind for kind, _ in call.whispers}
@@ -259,9 +322,14 @@ class CallController:
                 ):
                     continue
                 delay = 0
-            call._timers.append(loop.call_later(
-                delay, lambda c=call, k=kind: asyncio.ensure_future(self.whisper(c, k))
-            ))
+            call._timers.append(loop.call_later(delay, self._whisper_later, call, kind))
+
+    def _whisper_later(self, call: LiveCall, kind: str) -> None:
+        self._spawn(self.whisper(call, kind))
+
+    def replan(self, call: LiveCall) -> None:
+        """Plan the call's warnings again (its money changed)."""
+        self._plan(call)
 
     async def whisper(self, call: LiveCall, kind: str) -> None:
         """Whisper a warning to the caller's leg only (ChanSpy in whisper mode)."""
@@ -297,35 +365,6 @@ class CallController:
 
     def _elapsed(self, call: LiveCall) -> float:
         return 0.0 if call.answered_at is None else self.now() - call.answered_at
-
-    # ------------------------------------------------------------------ auto-recharge
-
-    async def _plan_auto_recharge(self, call: LiveCall) -> None:
-        """At the moment this call takes the balance below the account's auto-recharge
-        threshold, charge the linked payment method once and extend the call."""
-        try:
-            due = await self.ledger.db.run(self.ledger.seconds_until_below, call.reservation_id)
-        except Exception:
-            log.exception("[%s] auto-recharge not planned", call.uniqueid)
-            return
-        if due is None or call.answered_at is None:
-            return
-        delay = max(0.0, due - (self.now() - call.answered_at))
-        log.info("[%s] auto-recharge due in %.1fs", call.uniqueid, delay)
-        call._recharge_timer = asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._auto_recharge(call)))
-
-    async def _auto_recharge(self, call: LiveCall) -> None:
-        assert self.auto_recharge is not None
-        if self._live.get(call.uniqueid) is not call:
-            return  # ended meanwhile
-        try:
-            added = await self.auto_recharge(call)
-        except Exception:
-            log.exception("[%s] auto-recharge failed", call.uniqueid)
-            return
-        if added and self._live.get(call.uniqueid) is call:
-            await self.renew(call.uniqueid)
 
     # ------------------------------------------------------------------ extension
 
@@ -363,36 +402,6 @@ class CallController:
             return None
         return max(call.granted, math.ceil(self._elapsed(call)) + call.hold)
 
-    async def renew(self, uniqueid: str) -> None:
-        """Grow the call's hold from the money there is now (after a top-up, or as its
-        hold runs out) and move its limit. When the ledger cannot be reached the call
-        keeps its grant, and the caller is warned before Asterisk ends it there."""
-        call = self._live.get(uniqueid)
-        if call is None:
-            raise LookupError(f"no live call {uniqueid}")
-        try:
-            grant = await self.ledger.db.run(self.ledger.extend, call.reservation_id,
-                                            hold=self.next_hold(call))
-        except Exception:
-            log.exception("[%s] hold of call %s not renewed", uniqueid, call.key)
-            granted = call.granted
-            call.affordable = 0
-        else:
-            granted = grant.seconds
-            call.affordable = grant.affordable
-        await self.extend(uniqueid, granted)
-
-    async def _renew(self, call: LiveCall) -> None:
-        if self._live.get(call.uniqueid) is not call:
-            return  # ended meanwhile
-        try:
-            await self.renew(call.uniqueid)
-        except (AmiError, LookupError) as exc:
-            # Asterisk still ends the call at its present limit; the caller is warned.
-            log.warning("[%s] limit not moved at renewal: %s", call.uniqueid, exc)
-            call.affordable = 0
-            self._plan(call)
-
     async def _set_limit(self, call: LiveCall, seconds: float) -> None:
         """End the call ``seconds`` from now: TIMEOUT(absolute) on the called channel, set
         over AMI to the millisecond (the AbsoluteTimeout action takes whole seconds). Our
@@ -405,10 +414,19 @@ class CallController:
                               Variable="TIMEOUT(absolute)", Value=f"{seconds:.3f}")
         with contextlib.suppress(AmiError):  # the dest limit is the one that counts
             await self.ami.action("Setvar", Channel=call.channel, Variable="TIMEOUT(absolute)",
-                                  Value=str(math.ceil(seconds) + BACKSTOP_MARGIN))
+                                  Value=str(backstop(seconds)))
+
+    def _spawn(self, work: Any) -> None:
+        """Run a warning or a renewal in the background, kept by reference until it ends
+        (an unreferenced task may be collected mid-way) and awaited by :meth:`close`."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         for call in self._live.values():
             call.cancel_timers()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)

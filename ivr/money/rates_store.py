@@ -34,17 +34,17 @@ from sqlalchemy import (
     insert,
     or_,
     select,
-    update,
 )
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from .db import Database
-from .db.models import Rate, RatingPlan
-from .db.types import MONEY_SCALE, Money, to_micros
-from .rating import DeckError, Plan, RateRow, RateTable, Rounding, Window
-from .rating.deck import DeckFormat, check_rows, iter_deck, parse_days, parse_time, row_problems
+from ..db import Database
+from ..db.models import Rate, RatingPlan
+from ..db.types import MONEY_SCALE, Money, to_micros
+from ..rating import DeckError, Plan, RateRow, RateTable, Rounding, Window
+from ..rating.deck import DeckFormat, check_rows, iter_deck, parse_days, parse_time, row_problems
+from ..rating.money import decimals_of
 
 log = logging.getLogger("ivr.rates")
 
@@ -157,7 +157,7 @@ def storage_problems(row: RateRow) -> list[str]:
             continue  # row_problems says so
         if value and value.adjusted() >= MAX_DIGITS:
             out.append(f"{name} {value} is too large (below {MAX_AMOUNT:,} please)")
-        elif value.as_tuple().exponent < -MONEY_SCALE and value != value.quantize(_MICRO):
+        elif decimals_of(value) > MONEY_SCALE and value != value.quantize(_MICRO):
             out.append(f"{name} {value} has more than {MONEY_SCALE} decimal places")
     for name, limit in (("rate_unit", MAX_UNIT), ("increment", MAX_UNIT),
                         ("from_second", MAX_INT)):
@@ -415,7 +415,7 @@ class RatingCache:
     session) the plan's version is checked at most every ``ttl`` seconds; when an import
     changed it, the table is recompiled in a background thread and calls go on with the
     previous table until the new one is ready (a live call keeps the rates it was
-    authorized with anyway: its reservation holds a snapshot of them, ivr.ledger).
+    authorized with anyway: its reservation holds a snapshot of them, ivr.money.ledger).
     """
 
     def __init__(self, db: Database, ttl: float = 5.0) -> None:
@@ -514,11 +514,3 @@ def _compile(session: Session, plan_id: int, cached: PlanRates | None) -> PlanRa
 
 def _prefixes(rates: PlanRates) -> int:
     return sum(len(pr.entries) + (pr.fallback is not None) for pr in rates.table.index.values())
-
-
-def bump_version(session: Session, plan_id: int) -> None:
-    session.execute(
-        update(RatingPlan)
-        .where(RatingPlan.id == plan_id)
-        .values(rates_version=RatingPlan.rates_version + 1)
-    )

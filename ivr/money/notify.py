@@ -3,9 +3,10 @@ MessageSend, or an HTTP gateway) when an account's available balance falls below
 ``low_balance_notice`` level.
 
 One notice per dip: ``low_balance_notified_at`` is set when the notice goes out and cleared
-by :func:`reset_notice_if_topped_up` once a top-up lifts the balance back to the level (the
-payment service calls it after each credit). The messages carry the account number, the
-balance and the currency, nothing secret.
+by :func:`reset_notice_if_topped_up` once a credit lifts the balance back to the level
+(``ivr.money.ledger.credit`` calls it, through ``after_credit``, for every way money
+comes in). The messages carry the account number, the balance and the currency, nothing
+secret.
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
 
-from .db import Database, lock_account
-from .db.models import Account
-from .db.types import display
+from ..config import Settings
+from ..db import Database, lock_account
+from ..db.models import Account
+from ..db.types import display
 
-log = logging.getLogger("ivr.notify")
+if TYPE_CHECKING:  # annotations only: no need to load the AMI client to send e-mail
+    from ..ami import AmiClient
+
+log = logging.getLogger("ivr.money.notify")
 
 
 class NotifyError(RuntimeError):
@@ -38,10 +43,6 @@ class NotifyError(RuntimeError):
 
 class Sender(Protocol):
     async def send(self, to: str, subject: str, body: str) -> None: ...
-
-
-class SmsSender(Sender, Protocol):
-    """A Sender for text messages: ``to`` is a telephone number; ``subject`` is ignored."""
 
 
 # --------------------------------------------------------------------------- e-mail
@@ -94,7 +95,7 @@ class AmiSmsSender:
     """SMS through Asterisk: the AMI action MessageSend to ``uri`` ({number} is replaced),
     e.g. "pjsip:{number}@sms-trunk" or "pjsip:sms-provider/sip:{number}@host"."""
 
-    def __init__(self, ami: Any, uri: str = "pjsip:{number}", sender: str = "ivr") -> None:
+    def __init__(self, ami: AmiClient, uri: str = "pjsip:{number}", sender: str = "ivr") -> None:
         self.ami, self.uri, self.sender = ami, uri, sender
 
     async def send(self, to: str, subject: str, body: str) -> None:
@@ -135,7 +136,9 @@ class HttpSmsSender:
             raise NotifyError(f"SMS gateway {self.url}: {exc}") from exc
 
 
-def senders_from_settings(settings: Any, ami: Any = None) -> tuple[Sender | None, Sender | None]:
+def senders_from_settings(
+    settings: Settings, ami: AmiClient | None = None
+) -> tuple[Sender | None, Sender | None]:
     """(e-mail sender, SMS sender) as configured; None for a channel that is off."""
     email: Sender | None = None
     if settings.smtp_host:

@@ -1,6 +1,6 @@
-"""Operator commands for paid top-ups: ``ivr auto-recharge``, ``ivr notices``,
-``ivr payments list`` and ``ivr payments reconcile`` (each with --json). Card numbers are
-never shown: only the last four digits exist."""
+"""Paid top-ups: ``ivr auto-recharge``, ``ivr notices``, ``ivr payments list`` and
+``ivr payments reconcile`` (each with --json). Card numbers are never shown: only their
+last four digits exist. The rules of the settings are in ivr.money.accounts."""
 
 from __future__ import annotations
 
@@ -11,11 +11,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .cli_admin import _money, _whole, open_db
-from .cli_common import CommandError, command, money
-from .cli_common import emit as _emit
-from .config import Settings
-from .db.models import Account, Payment, RatingPlan
+from ..config import Settings
+from ..db.models import Account, Payment, RatingPlan
+from .common import CommandError, amount_arg, command, emit, money, open_db, whole_arg, with_json
 
 
 def _amount(value: Decimal | None, decimals: int) -> str | None:
@@ -25,34 +23,21 @@ def _amount(value: Decimal | None, decimals: int) -> str | None:
 # --------------------------------------------------------------------------- auto-recharge
 
 
+@command
 def cmd_auto_recharge(settings: Settings, args: argparse.Namespace) -> int:
-    from .accounts import find_account
-    from .payments import active_method
+    from ..money.accounts import find_account, set_auto_recharge
+    from ..payments import active_method
 
     given = [args.threshold, args.amount, args.daily_cap]
     if args.off and any(v is not None for v in given):
         raise CommandError("give --off alone, or --threshold and --amount")
-    if not args.off and any(v is not None for v in given):
-        if args.threshold is None or args.amount is None:
-            raise CommandError("auto-recharge needs both --threshold and --amount")
-        if args.threshold < 0:
-            raise CommandError("--threshold cannot be negative")
-        if args.amount <= 0:
-            raise CommandError("--amount must be positive")
-        if args.daily_cap is not None and args.daily_cap < args.amount:
-            raise CommandError(f"--daily-cap {args.daily_cap} is below one recharge of "
-                               f"{args.amount}: auto-recharge could never fire")
     db = open_db(settings)
     with db.transaction() as s:
         account = find_account(s, args.account)
         if args.off:
-            account.auto_recharge_threshold = None
-            account.auto_recharge_amount = None
-            account.auto_recharge_daily_cap = None
-        elif args.threshold is not None:
-            account.auto_recharge_threshold = args.threshold
-            account.auto_recharge_amount = args.amount
-            account.auto_recharge_daily_cap = args.daily_cap
+            set_auto_recharge(account, None, None, None)
+        elif any(v is not None for v in given):
+            set_auto_recharge(account, args.threshold, args.amount, args.daily_cap)
         method = active_method(s, account.id)
         data = _auto_dict(account) | {
             "payment_method": None if method is None else
@@ -68,7 +53,7 @@ def cmd_auto_recharge(settings: Settings, args: argparse.Namespace) -> int:
             text += (f"; charged to {method.brand or 'card'} ...{method.last4}" if method else
                      "; no payment method linked yet (one is saved by a card top-up in a "
                      "call), so nothing will be charged until then")
-        _emit(args, data, text)
+        emit(args, data, text)
     return 0
 
 
@@ -84,36 +69,20 @@ def _auto_dict(a: Account) -> dict[str, Any]:
 # --------------------------------------------------------------------------- notices
 
 
+@command
 def cmd_notices(settings: Settings, args: argparse.Namespace) -> int:
-    from .accounts import find_account
-    from .notify import reset_notice_if_topped_up
-    from .numbers import normalise_callerid
+    from ..money.accounts import find_account, low_balance_notice_off, set_low_balance_notice
 
-    changes = [args.email, args.sms, args.below]
-    if args.off and any(v is not None for v in changes):
+    if args.off and any(v is not None for v in (args.email, args.sms, args.below)):
         raise CommandError("give --off alone, or --email/--sms/--below")
-    if args.email is not None and args.email and "@" not in args.email:
-        raise CommandError(f"not an e-mail address: {args.email!r}")
-    if args.below is not None and args.below < 0:
-        raise CommandError("--below cannot be negative")
-    sms = args.sms
-    if sms:
-        sms = normalise_callerid(sms, settings.default_region)
-        if sms is None:
-            raise CommandError(f"not a telephone number: {args.sms!r}")
     db = open_db(settings)
     with db.transaction() as s:
         account = find_account(s, args.account)
         if args.off:
-            account.low_balance_notice = None
-            account.low_balance_notified_at = None
-        if args.email is not None:
-            account.email = args.email or None  # --email "" removes it
-        if args.sms is not None:
-            account.sms_number = sms or None
-        if args.below is not None:
-            account.low_balance_notice = args.below
-            reset_notice_if_topped_up(s, account)
+            low_balance_notice_off(account)
+        else:
+            set_low_balance_notice(s, account, below=args.below, email=args.email,
+                                   sms=args.sms, region=settings.default_region)
         data = {"account": account.number, "currency": account.currency,
                 "below": _amount(account.low_balance_notice, account.plan.decimals),
                 "email": account.email,
@@ -128,15 +97,16 @@ def cmd_notices(settings: Settings, args: argparse.Namespace) -> int:
                     f"{where or 'nobody yet (give --email or --sms)'}")
             if account.low_balance_notified_at is not None:
                 text += " (sent; again after a top-up)"
-        _emit(args, data, text)
+        emit(args, data, text)
     return 0
 
 
 # --------------------------------------------------------------------------- payments
 
 
+@command
 def cmd_payments(settings: Settings, args: argparse.Namespace) -> int:
-    from .accounts import find_account
+    from ..money.accounts import find_account
 
     db = open_db(settings)
     with db.transaction() as s:
@@ -146,25 +116,27 @@ def cmd_payments(settings: Settings, args: argparse.Namespace) -> int:
                  .order_by(Payment.id.desc()).limit(args.limit))
         if args.account:
             query = query.where(Payment.account_id == find_account(s, args.account).id)
-        rows = [{"payment_id": p.payment_id, "at": p.created_at.replace(tzinfo=UTC)
-                 if p.created_at.tzinfo is None else p.created_at,
-                 "account": number, "source": p.source, "amount": money(p.amount, decimals),
-                 "currency": p.currency, "status": p.status, "last4": p.last4,
-                 "reason": p.reason}
-                for p, number, decimals in s.execute(query).all()]
+        rows: list[dict[str, Any]] = [
+            {"payment_id": p.payment_id, "at": p.created_at.replace(tzinfo=UTC)
+             if p.created_at.tzinfo is None else p.created_at,
+             "account": number, "source": p.source, "amount": money(p.amount, decimals),
+             "currency": p.currency, "status": p.status, "last4": p.last4,
+             "reason": p.reason}
+            for p, number, decimals in s.execute(query).all()]
     text = "\n".join(
         f"{r['at']:%Y-%m-%d %H:%M:%S} {r['account']:12} {r['source']:6} "
         f"{r['amount']:>10} {r['currency']} {r['status']:8} ...{r['last4'] or '----'}  "
         f"{r['payment_id']}{'  ' + r['reason'] if r['reason'] else ''}" for r in rows)
-    _emit(args, {"payments": rows}, text or "no payments")
+    emit(args, {"payments": rows}, text or "no payments")
     return 0
 
 
+@command
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     from datetime import timedelta
 
-    from .payments import gateway_from_settings, reconcile
+    from ..payments import gateway_from_settings, reconcile
 
     db = open_db(settings)
     older = timedelta(seconds=settings.payment_reconcile_after
@@ -183,44 +155,40 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     text = "\n".join(
         f"{r['payment_id']}: {r['verdict']} {r['amount']} ...{r['last4'] or '----'}"
         f"{'  ' + r['reason'] if r['reason'] else ''}" for r in rows)
-    _emit(args, {"reconciled": rows}, text or "no payments left to reconcile")
+    emit(args, {"reconciled": rows}, text or "no payments left to reconcile")
     return 0
 
 
 # --------------------------------------------------------------------------- parser
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        return p
-
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = with_json(sub.add_parser(
         "auto-recharge", help="charge the linked card when the balance falls low"))
     p.add_argument("account")
-    p.add_argument("--threshold", type=_money, help="recharge when the balance falls below")
-    p.add_argument("--amount", type=_money, help="amount charged per recharge")
-    p.add_argument("--daily-cap", type=_money,
+    p.add_argument("--threshold", type=amount_arg, help="recharge when the balance falls below")
+    p.add_argument("--amount", type=amount_arg, help="amount charged per recharge")
+    p.add_argument("--daily-cap", type=amount_arg,
                    help="most auto-recharged per UTC day (default: no cap)")
     p.add_argument("--off", action="store_true", help="turn auto-recharge off")
-    p.set_defaults(func=command(cmd_auto_recharge))
+    p.set_defaults(func=cmd_auto_recharge)
 
     p = with_json(sub.add_parser("notices", help="low-balance notices by e-mail and SMS"))
     p.add_argument("account")
     p.add_argument("--email", help="address for notices (\"\" removes it)")
     p.add_argument("--sms", help="telephone number for notices (\"\" removes it)")
-    p.add_argument("--below", type=_money, help="notify when the balance falls below this")
+    p.add_argument("--below", type=amount_arg, help="notify when the balance falls below this")
     p.add_argument("--off", action="store_true", help="turn notices off")
-    p.set_defaults(func=command(cmd_notices))
+    p.set_defaults(func=cmd_notices)
 
     payments = sub.add_parser("payments", help="card payments (top-ups)").add_subparsers(
         dest="action", required=True)
     p = with_json(payments.add_parser("list", help="recent payments, newest first"))
     p.add_argument("--account", help="only this account's")
-    p.add_argument("--limit", type=_whole, default=50)
-    p.set_defaults(func=command(cmd_payments))
+    p.add_argument("--limit", type=whole_arg, default=50)
+    p.set_defaults(func=cmd_payments)
     p = with_json(payments.add_parser(
         "reconcile", help="settle pending or timed-out payments with the gateway"))
     p.add_argument("--older-than", type=float, default=None, metavar="SECONDS",
                    help="only payments at least this old (default: payment_reconcile_after)")
-    p.set_defaults(func=command(cmd_reconcile))
+    p.set_defaults(func=cmd_reconcile)

@@ -14,7 +14,7 @@ ended (:meth:`Lease.live_others`).
 The heartbeat also stamps each answered call the server follows, while Asterisk is
 connected, with the time it was last seen up (``Reservation.alive_at``): a call Asterisk
 lost without recording how it ended (Asterisk killed, the machine reset) is billed from
-its answer up to then (ivr.recovery).
+its answer up to then (ivr.live.recovery).
 """
 
 from __future__ import annotations
@@ -26,17 +26,19 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
+from typing import cast
 
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import Table, bindparam, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from .db import Database, DatabaseUnavailable
-from .db.models import Reservation, ReservationStatus, Server
-from .ledger import utcnow
+from ..db import Database, DatabaseUnavailable, rows_changed
+from ..db.models import Reservation, ReservationStatus, Server
+from ..db.types import as_utc as as_utc  # also for ivr.live.recovery, which imports it from here
+from ..money.ledger import utcnow
 
-log = logging.getLogger("ivr.servers")
+log = logging.getLogger("ivr.live.servers")
 
 LEASE_BEATS = 5  # heartbeats missed before a lease has expired
 
@@ -93,13 +95,15 @@ class Lease:
         answer time). False when the lease was lost (another server took it over)."""
         with self.db.transaction() as s:
             now = self.clock()
-            held = s.execute(
+            held = rows_changed(s.execute(
                 update(Server)
                 .where(Server.id == self.server_id, Server.stopped_at.is_(None))
                 .values(heartbeat_at=now)
-            ).rowcount == 1
+            )) == 1
             if held and seen_alive:
-                table = Reservation.__table__
+                # One executemany on the table (Core): a declarative model's __table__
+                # is a Table, typed as the wider FromClause.
+                table = cast(Table, Reservation.__table__)
                 s.connection().execute(
                     update(table)
                     .where(table.c.id == bindparam("rid"),
@@ -149,10 +153,6 @@ async def keep_lease(lease: Lease, seen_alive: Callable[[], Sequence[tuple[int, 
                 return
     finally:
         thread.shutdown(wait=False)  # a beat stuck on a hung database must not block
-
-
-def as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # SQLite: UTC
 
 
 def _pid_alive(pid: int) -> bool:

@@ -25,8 +25,8 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from .db import Database, lock_account
-from .db.models import (
+from ..db import Database, lock_account
+from ..db.models import (
     Account,
     AccountStatus,
     Card,
@@ -38,12 +38,13 @@ from .db.models import (
     Reservation,
     ReservationStatus,
 )
-from .db.types import to_micros
+from ..db.types import to_micros
+from ..rating import MAX_CALL_SECONDS, NoRate, Plan, RateTable, max_seconds, quote
+from ..rating.snapshot import dump_snapshot, load_snapshot, snapshot_rows
+from .notify import reset_notice_if_topped_up
 from .rates_store import RatesNotLoaded, RatingCache
-from .rating import MAX_CALL_SECONDS, NoRate, Plan, RateTable, max_seconds, quote
-from .rating.snapshot import dump_snapshot, load_snapshot, snapshot_rows
 
-log = logging.getLogger("ivr.ledger")
+log = logging.getLogger("ivr.money.ledger")
 
 # Seconds: a capped hold shared with other cards of the account is never sized below this
 # (nor below the first billing block of the call's rate), so holds are renewed at most
@@ -81,7 +82,7 @@ class Grant:
     # The account has auto-recharge set: the call controller plans it for this call.
     auto_recharge: bool = False
     # What the balance (less other calls' holds) buys, from answer: more than ``seconds``
-    # when the hold was capped (``hold``), and the call controller renews it (ivr.calls).
+    # when the hold was capped (``hold``), and the charging session renews it (ivr.live.charging).
     affordable: int = 0
 
 
@@ -106,8 +107,12 @@ def credit(
     note: str = "",
     now: datetime | None = None,
 ) -> tuple[LedgerEntry, bool]:
-    """Add (or, for adjustments, remove) money. Idempotent per (kind, ref): a repeated
-    ref returns the first entry and False."""
+    """Add (or, for adjustments, remove) money: the one way money comes into an account
+    (opening balance, card or saved-method payment, auto-recharge, recharge code,
+    operator adjustment). Idempotent per (kind, ref): a repeated ref returns the first
+    entry and False. In the same transaction it runs the after-credit rules
+    (:func:`after_credit`); a server that credits also renews the account's live calls
+    (``ivr.live.charging.Charging.credited``)."""
     if not isinstance(amount, Decimal):
         raise TypeError("amounts are Decimal, never float")
     to_micros(amount)  # MoneyPrecisionError now, not at flush time
@@ -142,7 +147,14 @@ def credit(
     )
     session.add(entry)
     session.flush()
+    after_credit(session, account)
     return entry, True
+
+
+def after_credit(session: Session, account: Account) -> None:
+    """What every credit does to the account besides the money: re-arm the low-balance
+    notice once the balance is back at its level (ivr.money.notify)."""
+    reset_notice_if_topped_up(session, account)
 
 
 def ledger_sum(session: Session, account_id: int) -> Decimal:
@@ -175,7 +187,7 @@ class Ledger:
         self.db = db
         self.rates = rates or RatingCache(db)
         self.clock = clock
-        # The server (ivr.servers) whose reservations these are: recovery on another
+        # The server (ivr.live.servers) whose reservations these are: recovery on another
         # server leaves them alone while this one's lease lives.
         self.server_id: int | None = None
 
@@ -202,7 +214,7 @@ class Ledger:
         ``_held``), so a small balance lets each of them start a call too.
 
         ``call_key`` names the live call (unique): it is the settlement's idempotency key
-        and lets a restarted server find how the call ended (ivr.calls).
+        and lets a restarted server find how the call ended (ivr.live.recovery).
 
         The reservation keeps the rates it was priced with (the plan's version and a
         snapshot of the rows that can rate ``number``): extend and settle price the call

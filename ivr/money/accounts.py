@@ -1,4 +1,6 @@
-"""Accounts and calling cards: creation, batches, look-up, lock and unlock."""
+"""Accounts and calling cards: creation, batches, look-up, lock and unlock, and the
+settings an operator gives them (a card's caller ID, an account's auto-recharge and
+low-balance notices) with the rules they must follow."""
 
 from __future__ import annotations
 
@@ -15,16 +17,26 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .cli_common import money
-from .db import Database
-from .db.models import Account, AccountStatus, Card, CardStatus, EntryKind, LedgerEntry
+from ..db import Database
+from ..db.models import Account, AccountStatus, Card, CardStatus, EntryKind, LedgerEntry
+from ..db.types import display
+from ..secrets import hash_pin, new_card_number, new_pin
 from .ledger import LedgerError, credit
 from .rates_store import get_plan
-from .secrets import hash_pin, new_card_number, new_pin, verify_pin
 
 
 class NotFound(LookupError):
     """No such account or card."""
+
+
+class SettingRefused(ValueError):
+    """A setting the rules refuse (an auto-recharge that could never fire, a notice to
+    something that is no address...). Its message names the settings as the operator
+    gives them (``--threshold``), as the operator is who reads it."""
+
+
+class CallerIdTaken(SettingRefused):
+    """The caller ID is another card's: a caller ID logs in to one card only."""
 
 
 def create_account(
@@ -157,7 +169,10 @@ def _write_card_file(out: Path, cards: list[IssuedCard]) -> None:
         writer = csv.writer(f)
         writer.writerow(["card_number", "pin", "account", "balance", "currency", "expires_on"])
         for c in cards:
-            writer.writerow([c.number, c.pin, c.account, money(c.balance, c.decimals),
+            # As every output shows an amount (ivr.cli.common.money): the plan's
+            # decimals up to cents.
+            writer.writerow([c.number, c.pin, c.account,
+                             display(c.balance, min(c.decimals, 2)),
                              c.currency,
                              c.expires_on.isoformat() if c.expires_on else ""])
 
@@ -181,14 +196,6 @@ def lock_card(session: Session, card_id: int) -> Card:
     return card
 
 
-def check_pin(session: Session, card: Card, pin: str, max_failures: int = 5) -> bool:
-    """Verify a PIN; consecutive failures lock the card, a success resets the count.
-    The hash is checked before the card is locked for the count."""
-    ok = verify_pin(pin, card.pin_hash)
-    count_pin_result(lock_card(session, card.id), ok, max_failures)
-    return ok
-
-
 def count_pin_result(card: Card, ok: bool, max_failures: int = 5) -> None:
     """A right PIN resets the card's count; a wrong one adds to it and may lock it.
     ``card`` must be locked (:func:`lock_card`), or concurrent counts lose updates."""
@@ -198,3 +205,92 @@ def count_pin_result(card: Card, ok: bool, max_failures: int = 5) -> None:
     card.failed_pins += 1
     if card.failed_pins >= max_failures and card.status is CardStatus.ACTIVE:
         card.status = CardStatus.LOCKED
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def set_card_callerid(session: Session, card: Card, callerid: str | None,
+                      region: str) -> Card:
+    """Register the caller ID ``card`` logs in from without its PIN (``callerid`` as
+    dialled in ``region`` or with a leading +, kept as the E.164 digits login.pinless
+    looks up), or with None remove it. A caller ID another card has is refused
+    (:class:`CallerIdTaken`), as pinless log-in must find one card for it."""
+    from ..numbers import normalise_callerid
+
+    if callerid is None:
+        card.callerid = None
+        return card
+    number = normalise_callerid(callerid, region)
+    if number is None:
+        raise ValueError(f"not a caller ID: {callerid!r} (a telephone number, as "
+                         f"dialled in {region} or with a leading +)")
+    other = session.scalar(select(Card).where(Card.callerid == number, Card.id != card.id))
+    if other is not None:
+        raise CallerIdTaken(f"caller ID {number} is already registered to card "
+                            f"{other.number}; clear it there first (ivr cards set-callerid "
+                            f"{other.number} --clear)")
+    card.callerid = number
+    return card
+
+
+def set_auto_recharge(account: Account, threshold: Decimal | None, amount: Decimal | None,
+                      daily_cap: Decimal | None = None) -> None:
+    """Charge ``amount`` to the account's saved card when its balance falls below
+    ``threshold`` (ivr.payments.autorecharge), at most ``daily_cap`` a UTC day (None: no cap); all
+    three None turns auto-recharge off. Refused (:class:`SettingRefused`): a threshold
+    without an amount, a negative threshold, an amount that is not positive, and a cap
+    below one recharge (auto-recharge could never fire)."""
+    if threshold is None and amount is None and daily_cap is None:
+        account.auto_recharge_threshold = None
+        account.auto_recharge_amount = None
+        account.auto_recharge_daily_cap = None
+        return
+    if threshold is None or amount is None:
+        raise SettingRefused("auto-recharge needs both --threshold and --amount")
+    if threshold < 0:
+        raise SettingRefused("--threshold cannot be negative")
+    if amount <= 0:
+        raise SettingRefused("--amount must be positive")
+    if daily_cap is not None and daily_cap < amount:
+        raise SettingRefused(f"--daily-cap {daily_cap} is below one recharge of {amount}: "
+                             "auto-recharge could never fire")
+    account.auto_recharge_threshold = threshold
+    account.auto_recharge_amount = amount
+    account.auto_recharge_daily_cap = daily_cap
+
+
+def set_low_balance_notice(session: Session, account: Account, *,
+                           below: Decimal | None = None, email: str | None = None,
+                           sms: str | None = None, region: str = "US") -> None:
+    """Send a notice (ivr.money.notify) to ``email`` and ``sms`` when the balance falls below
+    ``below``. None leaves a setting as it is; an empty ``email`` or ``sms`` removes it.
+    The SMS number is kept as E.164 digits (``sms`` as dialled in ``region`` or with a
+    leading +). A new level re-arms a notice already sent if the balance is back above
+    it. Refused (:class:`SettingRefused`), nothing changed: an e-mail address without
+    "@", something that is no telephone number, a negative level."""
+    from ..numbers import normalise_callerid
+    from .notify import reset_notice_if_topped_up
+
+    if email and "@" not in email:
+        raise SettingRefused(f"not an e-mail address: {email!r}")
+    if below is not None and below < 0:
+        raise SettingRefused("--below cannot be negative")
+    sms_number = sms
+    if sms:
+        sms_number = normalise_callerid(sms, region)
+        if sms_number is None:
+            raise SettingRefused(f"not a telephone number: {sms!r}")
+    if email is not None:
+        account.email = email or None
+    if sms is not None:
+        account.sms_number = sms_number or None
+    if below is not None:
+        account.low_balance_notice = below
+        reset_notice_if_topped_up(session, account)
+
+
+def low_balance_notice_off(account: Account) -> None:
+    """No more low-balance notices (the e-mail address and SMS number are kept)."""
+    account.low_balance_notice = None
+    account.low_balance_notified_at = None

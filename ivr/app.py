@@ -1,0 +1,159 @@
+"""The application: every service a call flow, the server loop or a command needs, built
+once from the settings and handed to whoever needs it.
+
+``ivr serve`` / ``ivr run`` build one (:meth:`App.build`), add a call controller per
+Asterisk box they serve (:meth:`App.add_asterisk`) and start the FastAGI server with
+:meth:`App.routes`; each route is ``async def route(call, app)``, as wazo-agid hands each
+handler its dependencies. Tests build their own apps (several side by side in one process
+do not see each other: nothing here is module state).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .agi import AgiSession, Handler
+from .config import Settings
+from .db import Database
+from .live.calls import CallController, LiveCall
+from .live.charging import Charging
+from .money.ledger import Ledger
+
+if TYPE_CHECKING:
+    from .ami import AmiClient
+    from .money.notify import Sender
+    from .payments import PaymentGateway
+    from .prompts import Voice
+
+log = logging.getLogger("ivr.app")
+
+Route = Callable[[AgiSession, "App"], Awaitable[None]]
+
+
+@dataclass
+class App:
+    """Settings, database, ledger (with its rate cache), charging session, payment
+    gateway, voice prompts, and a call controller per Asterisk box."""
+
+    settings: Settings
+    db: Database
+    ledger: Ledger
+    voice: Voice
+    gateway: PaymentGateway
+    charging: Charging
+    secret_key: bytes  # the keyed hashes' key (recharge codes)
+    asterisks: dict[str, CallController] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings, *, db: Database | None = None,
+              voice: Voice | None = None, gateway: PaymentGateway | None = None) -> App:
+        """The application for ``settings``; blocking (opens the database and may bring an
+        SQLite file's schema to head): call it from a worker thread in async code."""
+        from .payments import gateway_from_settings
+        from .secrets import load_secret_key
+
+        db = db or open_database(settings)
+        ledger = Ledger(db)
+        charging = Charging(ledger, hold=settings.reservation_hold)
+        app = cls(settings, db, ledger, voice or default_voice(settings),
+                  gateway or gateway_from_settings(settings), charging,
+                  load_secret_key(settings.secret_key, settings.data_dir / "secret.key"))
+        charging.notice = app._low_balance_notice
+        charging.recharge = app._auto_recharge
+        return app
+
+    # ------------------------------------------------------------------ Asterisk boxes
+
+    def add_asterisk(self, ami: AmiClient | None, name: str = "asterisk") -> CallController:
+        """The call controller of one Asterisk box this server takes calls from."""
+        controller = CallController.from_settings(ami, self.charging, self.settings, name=name)
+        self.asterisks[name] = controller
+        return controller
+
+    def controller_for(self, call: AgiSession) -> CallController | None:
+        """The controller of the Asterisk box a call comes from (None without AMI). With
+        one box, that one; with several, the one named by the call's ``asterisk``
+        AGI variable."""
+        if len(self.asterisks) == 1:
+            return next(iter(self.asterisks.values()))
+        return self.asterisks.get(call.env.get("asterisk") or "")
+
+    async def close(self) -> None:
+        for controller in self.asterisks.values():
+            await controller.close()
+        self.asterisks.clear()
+        await self.charging.aclose()
+
+    def dispose(self) -> None:
+        self.db.dispose()
+
+    # ------------------------------------------------------------------ routes
+
+    def routes(self, routes: Mapping[str, Route] | None = None) -> dict[str, Handler]:
+        """The FastAGI routes, each bound to this application."""
+        if routes is None:
+            from .flows import ROUTES
+
+            routes = ROUTES
+        return {name: self._bound(route) for name, route in routes.items()}
+
+    def _bound(self, route: Route) -> Handler:
+        async def handler(call: AgiSession) -> None:
+            await route(call, self)
+
+        handler.__name__ = getattr(route, "__name__", "route")
+        return handler
+
+    # ------------------------------------------------------------------ hooks
+
+    def notice_senders(self, ami: AmiClient | None) -> tuple[Sender | None, Sender | None]:
+        """The e-mail and SMS senders the settings name (ivr.money.notify)."""
+        from .money.notify import senders_from_settings
+
+        return senders_from_settings(self.settings, ami=ami)
+
+    async def _low_balance_notice(self, account_id: int,
+                                  controller: CallController | None) -> None:
+        from .money.notify import check_low_balance
+
+        try:
+            email, sms = self.notice_senders(controller.ami if controller else None)
+        except ValueError as exc:
+            log.warning("low-balance notice of account %s not sent: %s", account_id, exc)
+            return
+        if email is None and sms is None:
+            return
+        await check_low_balance(self.db, account_id, email=email, sms=sms)
+
+    async def _auto_recharge(self, call: LiveCall) -> bool:
+        from .payments import recharge
+
+        return await recharge(self.db, self.gateway, account_id=call.account_id,
+                              call_key=str(call.key), uniqueid=call.uniqueid)
+
+
+def open_database(settings: Settings) -> Database:
+    """The database the settings name, its steps bounded by ``db_timeout``; an SQLite
+    file's schema is brought to head (PostgreSQL wants ``ivr db upgrade``) and the
+    default file's data directory kept private (0700)."""
+    from .db.engine import private_path
+    from .db.migrate import ensure_schema
+
+    if not settings.database_url:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_path(settings.data_dir)
+    db = Database(settings.effective_database_url, timeout=settings.db_timeout)
+    ensure_schema(db.engine, auto=db.is_sqlite)
+    return db
+
+
+def default_voice(settings: Settings) -> Voice:
+    """The catalogue and the prompt store of the Asterisk instance the settings name."""
+    from .asterisk import instance_for
+    from .prompts import PromptStore, Voice, load_catalogue
+
+    store = PromptStore.for_instance(instance_for(settings, build=False))
+    return Voice(load_catalogue(), store)

@@ -1,0 +1,154 @@
+"""The server process: ``ivr serve`` builds the application (ivr.app), starts the FastAGI
+server, the call controller, recovery, the heartbeat and payment reconciliation, and
+shuts them down gracefully on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from .app import App
+    from .prompts import Voice
+
+log = logging.getLogger("ivr")
+
+
+# What the call controller listens to: Dial and Hangup events (class "call"). Not "dtmf"
+# nor "agi", whose events carry the keys callers type.
+SERVER_AMI_EVENTS = "call"
+
+
+async def reconcile_payments(app: App) -> None:
+    """Settle card payments left pending or timed out with the gateway (ivr.payments)."""
+    from . import payments
+    from .live.servers import DatabaseOutage
+
+    settings = app.settings
+    after = timedelta(seconds=settings.payment_reconcile_after)
+    outage = DatabaseOutage("payment reconciliation", log)  # one line, not a traceback a try
+    while True:
+        await asyncio.sleep(settings.payment_reconcile_interval)
+        try:
+            await payments.reconcile(app.db, app.gateway, older_than=after)
+        except Exception as exc:
+            if not outage.failed(exc):
+                log.exception("payment reconciliation failed; next try in %gs",
+                              settings.payment_reconcile_interval)
+        else:
+            outage.ended()
+
+
+async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None,
+                voice: Voice | None = None) -> int:
+    """Build the application, run the FastAGI server and the call controller until
+    SIGTERM/SIGINT, then shut down gracefully. ``voice``: prompts other than the
+    instance's (a benchmark's store)."""
+    from .agi import AgiServer
+    from .ami import AmiClient
+    from .app import App
+    from .live.recovery import Recovery
+    from .live.servers import Lease, LeaseRefused, keep_lease
+
+    # Opens the database (and may migrate an SQLite file).
+    app = await asyncio.to_thread(functools.partial(App.build, settings, voice=voice))
+    await asyncio.to_thread(check_prompts, app)
+    ledger = app.ledger
+    # One server per database: a second one would take this one's live calls for a dead
+    # server's (ivr.live.servers).
+    try:
+        lease = await asyncio.to_thread(Lease.acquire, ledger.db, settings.server_heartbeat)
+    except LeaseRefused as exc:
+        print(f"ivr serve: {exc}", file=sys.stderr, flush=True)
+        return 1
+    ledger.server_id = lease.server_id
+    # Rate tables compiled before the first call, not by it (a big deck takes seconds).
+    started = time.monotonic()
+    plans = await asyncio.to_thread(ledger.rates.load_all)
+    log.info("rates of %d plan(s) loaded in %.1fs", plans, time.monotonic() - started)
+    ami = AmiClient.from_settings(settings, events=SERVER_AMI_EVENTS)
+    controller = app.add_asterisk(ami)
+    ami_task = asyncio.ensure_future(_keep_ami_connected(ami))
+    server = AgiServer(
+        app.routes(),
+        settings.agi_host,
+        settings.agi_port,
+        header_timeout=settings.agi_header_timeout,
+        command_timeout=settings.agi_command_timeout,
+        max_connections=settings.agi_max_connections,
+        allowed_hosts=settings.agi_allowed_hosts,
+    )
+    await server.start()
+    # Start-up objects (modules, catalogue, rate tables) never die: keep them out of the
+    # collector's full passes, which otherwise pause every live call for tens of ms.
+    gc.collect()
+    gc.freeze()
+    # Calls that ended while no server was running are settled from Asterisk's records.
+    recovery = Recovery(controller, lease, region=settings.default_region,
+                        failure_window=settings.callerid_failure_window)
+    recovery.start(settings.recovery_interval)
+    reconciler = (asyncio.ensure_future(reconcile_payments(app))
+                  if settings.payment_reconcile_interval > 0 else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
+    if on_started:
+        on_started()
+    await stop.wait()
+    log.info("stopping; running calls get up to %gs to finish", settings.shutdown_grace)
+    await server.shutdown(settings.shutdown_grace)
+    if reconciler is not None:
+        reconciler.cancel()
+    await recovery.close()
+    await app.close()  # controllers, then the charging session's background work
+    ami_task.cancel()
+    await ami.close()
+    heartbeat.cancel()
+    try:
+        await asyncio.to_thread(lease.release)  # the next server need not wait for expiry
+    except Exception as exc:
+        log.warning("lease not released (it expires by itself): %s", exc)
+    app.dispose()
+    return 0
+
+
+def check_prompts(app: App) -> None:
+    """Log an error naming the command when voice prompts have no audio (a bare
+    `ivr serve` against an instance whose prompts were never built)."""
+    from . import prompts
+    from .prompts.build import missing_message
+
+    try:
+        message = missing_message(app.voice.store, app.voice.catalogue)
+    except (prompts.CatalogueError, prompts.ManifestError, OSError) as exc:
+        message = f"voice prompts cannot be checked ({exc}): run `ivr prompts build`"
+    if message:
+        log.error("%s", message)
+
+
+async def _keep_ami_connected(ami: object) -> None:
+    """Connect to AMI, retrying until it answers; panoramisk reconnects after that.
+    Without AMI calls still work and end at their limit; only warnings and recovery wait."""
+    from .ami import AmiClient, AmiError
+
+    assert isinstance(ami, AmiClient)
+    while not ami.connected:
+        try:
+            await ami.connect(timeout=10)
+        except AmiError as exc:
+            log.error("%s; mid-call warnings and recovery wait for AMI (retrying)", exc)
+            await asyncio.sleep(5)
+
+
