@@ -179,7 +179,10 @@ async def test_a_stopped_postgres_is_unavailable_within_the_timeout():
                 server.resume_processes()
 
             def balance_and_ledger() -> tuple[Decimal, Decimal]:
-                with db.transaction() as s:
+                # One snapshot for both reads (REPEATABLE READ): an abandoned step may
+                # still commit now, and under READ COMMITTED the two statements could see
+                # the database before and after it.
+                with db.reading() as s:
                     account = s.scalar(select(Account).where(Account.number == number))
                     assert account is not None
                     return account.balance, ledger_sum(s, account.id)
