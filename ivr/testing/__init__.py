@@ -1,11 +1,32 @@
 """Test helpers shipped with the package: a test phone (real Asterisk via AMI) and a fake
 Asterisk client for fast protocol tests."""
 
+import random
 import socket
+from pathlib import Path
+
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+SPAN = 12_000  # ports tried below the ephemeral range
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port on 127.0.0.1 that nothing uses right now, for TCP and UDP alike, chosen
+    below the kernel's ephemeral range. A port bound to 0 comes from that range, where
+    any outgoing connection may take it as its local end: a test's Asterisk restarted
+    after ``kill -9`` then found its AMI port "taken by another process"."""
+    try:
+        low = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    first = max(1024, low - SPAN)
+    pick = random.SystemRandom()
+    for _ in range(500):
+        port = pick.randrange(first, low)
+        try:
+            with socket.socket() as tcp, socket.socket(type=socket.SOCK_DGRAM) as udp:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 between {first} and {low}")
