@@ -74,6 +74,18 @@ class Settings:
     # Name of the Asterisk instance (its own run/log/spool dirs), so a test instance can
     # run beside the operator's.
     asterisk_instance: str = "main"
+    # SIP (PJSIP). Where the UDP and TCP transports listen, host:port; loopback by default
+    # so nothing outside the machine can reach the IVR until the operator opens it.
+    sip_bind: str = "127.0.0.1:5060"
+    # The public address behind NAT, advertised in SIP headers and SDP; empty: the bind
+    # address is the one the far end sees.
+    sip_external_address: str = ""
+    # UDP ports RTP media may use (rtp.conf); give each instance its own range.
+    rtp_start: int = 10000
+    rtp_end: int = 20000
+    # Dialled numbers (a trunk's DIDs, a phone's short numbers) and the line each reaches:
+    # "number=line,..." with lines access and operator. Any other number is refused (404).
+    sip_lines: str = "100=access,300=operator"
     # The dial string for destinations; {number} is the filtered, normalised number.
     # The default is the sandbox test trunk.
     trunk_dial: str = "Local/{number}@ivr-test-callee"

@@ -39,6 +39,88 @@ write = system,call,originate,reporting
 writetimeout = 1000
 """
 
+# The tests' SIP user agents, rendered into pjsip.conf only for an instance that asks for
+# it (AsteriskInstance.test_trunk): every request from loopback is this endpoint, and its
+# calls land in the inbound context like a carrier's. Never in an operator's instance.
+TEST_TRUNK_ENDPOINT = "ivr-test-trunk"
+TEST_TRUNK_SECTION = """
+; The tests' SIP user agents: test instances only. Requests from loopback are this trunk.
+[{name}]
+type = endpoint
+transport = transport-udp
+context = ivr-sip-inbound
+disallow = all
+allow = ulaw,alaw,g722
+dtmf_mode = rfc4733
+direct_media = no
+rtp_symmetric = yes
+
+[{name}]
+type = identify
+endpoint = {name}
+match = 127.0.0.1
+"""
+
+# The trunks' and phones' PJSIP objects, written from the database by ivr.sip (mode 0600:
+# trunk passwords) and included by pjsip.conf; the render leaves it alone.
+SIP_OBJECTS_FILE = "pjsip-objects.conf"
+
+# The lines a called number may reach over SIP (setting sip_lines) and their contexts.
+SIP_LINE_CONTEXTS = {"access": "ivr-access", "operator": "ivr-operator"}
+# Lines that exist in the product's plan but not in this version: a clear error.
+SIP_LINES_TO_COME = {"revalue": "the revalue line is not available in this version"}
+
+
+def sip_line_routes(spec: str) -> dict[str, str]:
+    """Parse the sip_lines setting (``number=line,...``) into number -> dialplan context.
+
+    Numbers are digits only: they become dialplan extensions, and the inbound context
+    looks up only a called number made of digits (dialplan/ivr-sip.conf)."""
+    routes: dict[str, str] = {}
+    for item in spec.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        number, sep, line = (part.strip() for part in item.partition("="))
+        # two digits at least: the inbound context's pattern is _X. (dialplan/ivr-sip.conf)
+        if not sep or not number.isdigit() or not number.isascii() or len(number) < 2:
+            raise AsteriskSetupError(
+                f"sip_lines: {item!r} is not NUMBER=LINE with a number of 2 or more digits")
+        if line in SIP_LINES_TO_COME:
+            raise AsteriskSetupError(f"sip_lines: {number}={line}: {SIP_LINES_TO_COME[line]}")
+        if line not in SIP_LINE_CONTEXTS:
+            raise AsteriskSetupError(
+                f"sip_lines: {number}={line}: unknown line (one of "
+                f"{', '.join(sorted(SIP_LINE_CONTEXTS))})")
+        if number in routes:
+            raise AsteriskSetupError(f"sip_lines: {number} is given twice")
+        routes[number] = SIP_LINE_CONTEXTS[line]
+    return routes
+
+
+def sip_lines_dialplan(spec: str) -> str:
+    """The [ivr-sip-lines] extensions: one per called number, to its line's entry."""
+    return "\n".join(f"exten => {number},1,Goto({context},s,1)"
+                      for number, context in sip_line_routes(spec).items())
+
+
+def sip_external_lines(address: str) -> str:
+    """A transport's NAT lines: the public address in SIP headers and in SDP."""
+    if not address:
+        return ""
+    if any(c in address for c in "\n\r;[] "):
+        raise AsteriskSetupError(f"sip_external_address: {address!r} is not an address")
+    return (f"external_signaling_address = {address}\n"
+            f"external_media_address = {address}")
+
+
+def sip_bind_value(bind: str) -> str:
+    """The transports' bind address: host:port, nothing that could end the config line."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or any(c in bind for c in "\n\r; "):
+        raise AsteriskSetupError(f"sip_bind: {bind!r} is not host:port")
+    return bind
+
 
 def project_dir() -> Path:
     """The checkout holding asterisk-conf/ and dialplan/ (the package's parent)."""
@@ -67,6 +149,8 @@ class AsteriskInstance:
     source_dir: Path | None = None
     # The test phone's AMI secret (user HARNESS_AMI_USER); empty: no such user.
     harness_secret: str = ""
+    # Render the tests' SIP trunk (TEST_TRUNK_SECTION): test instances only.
+    test_trunk: bool = False
 
     # ------------------------------------------------------------------ layout
 
@@ -120,7 +204,8 @@ class AsteriskInstance:
             self.host(f"{self.state_dir}/{sub}").mkdir(parents=True, exist_ok=True)
         dialplan_dst.mkdir(parents=True, exist_ok=True)
         for old in list(etc.glob("*.conf")) + list(dialplan_dst.glob("*.conf")):
-            old.unlink()
+            if old.name != SIP_OBJECTS_FILE:  # written from the database (ivr.sip)
+                old.unlink()
         dialplan_files = sorted((src / "dialplan").glob("*.conf"))
         s = self.settings
         values = {
@@ -139,6 +224,13 @@ class AsteriskInstance:
             "agi_host": s.agi_host if s.agi_host not in ("0.0.0.0", "::") else "127.0.0.1",
             "agi_port": str(s.agi_port),
             "moh_dir": f"{self.base}/moh",
+            "sip_bind": sip_bind_value(s.sip_bind),
+            "sip_external": sip_external_lines(s.sip_external_address),
+            "sip_test_trunk": TEST_TRUNK_SECTION.format(name=TEST_TRUNK_ENDPOINT)
+            if self.test_trunk else "",
+            "sip_lines": sip_lines_dialplan(s.sip_lines),
+            "rtp_start": str(s.rtp_start),
+            "rtp_end": str(s.rtp_end),
             "dialplan_includes": "\n".join(
                 f"#include {self.etc_dir}/dialplan/{p.name}" for p in dialplan_files
             ),
@@ -150,8 +242,8 @@ class AsteriskInstance:
                 write_private(etc / conf.name, text)  # holds the AMI secrets
             else:
                 (etc / conf.name).write_text(text)
-        for conf in dialplan_files:
-            (dialplan_dst / conf.name).write_text(conf.read_text())
+        for conf in dialplan_files:  # ivr-sip.conf has the lines of sip_lines
+            (dialplan_dst / conf.name).write_text(render_template(conf.read_text(), values))
         make_hold_music(self.host(values["moh_dir"]))
 
     # ------------------------------------------------------------------ process

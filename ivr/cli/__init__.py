@@ -8,6 +8,7 @@
 - :mod:`.topups`: auto-recharge, notices, payments
 - :mod:`.prompts`: prompts, operators
 - :mod:`.reports`: cdrs, reports
+- :mod:`.sip`: sip trunks, sip phones
 
 :mod:`.common` holds what they share: refusals and output (every command is wrapped by
 ``common.command``), argument parsers, the database and the secret key.
@@ -23,13 +24,13 @@ import sys
 from collections.abc import Sequence
 
 from ..config import ConfigError, Settings, load_settings
-from . import accounts, db, prompts, rates, reports, server, topups, vouchers
+from . import accounts, db, prompts, rates, reports, server, sip, topups, vouchers
 from .common import EXIT_USAGE, report
 
 __all__ = ["build_parser", "main"]
 
 # In the order `ivr --help` lists them.
-GROUPS = (server, db, rates, accounts, vouchers, prompts, topups, reports)
+GROUPS = (server, db, rates, accounts, vouchers, prompts, topups, reports, sip)
 
 
 def _setup_logging(settings: Settings, verbose: bool) -> None:

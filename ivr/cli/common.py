@@ -87,6 +87,8 @@ _REFUSALS: tuple[tuple[str, str, str, int], ...] = (
     ("ivr.money.accounts", "CallerIdTaken", "callerid_taken", EXIT_REFUSED),
     ("ivr.money.accounts", "SettingRefused", "refused", EXIT_REFUSED),
     ("ivr.operators", "NotFound", "not_found", EXIT_REFUSED),
+    ("ivr.sip", "SipNotFound", "not_found", EXIT_REFUSED),
+    ("ivr.sip", "SipError", "refused", EXIT_REFUSED),
     ("ivr.operators", "OperatorExists", "exists", EXIT_REFUSED),
     ("ivr.prompts.catalogue", "UnknownPrompt", "not_found", EXIT_REFUSED),
     ("ivr.rating.model", "NoRate", "no_rate", EXIT_REFUSED),

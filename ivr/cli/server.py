@@ -10,6 +10,7 @@ import json
 
 from ..config import Settings
 from .common import CommandError, command
+from .sip import write_sip_objects
 
 
 def _with_ami_secret(settings: Settings) -> Settings:
@@ -41,6 +42,7 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     settings = _with_ami_secret(settings)
     instance = instance_for(settings)
     was_running = instance.running()
+    write_sip_objects(settings, instance)
     instance.start(prompts=True)
     console = " ".join(instance.install.argv("-C", instance.conf_file, "-r"))
     print(f"ivr: Asterisk ({instance.install.kind}) up, AMI on "
@@ -66,6 +68,7 @@ def cmd_asterisk(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if args.action == "up":
             instance = instance_for(settings)
+            write_sip_objects(settings, instance)
             instance.start(timeout=args.timeout, prompts=True)  # builds missing prompts
             info = instance.status()
             _print_status(info, args.json)

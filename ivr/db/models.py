@@ -372,3 +372,40 @@ class Operator(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SipTrunk(Base):
+    """A carrier's SIP trunk (``ivr sip trunks``): calls from its addresses land on the
+    lines by called number; the one marked ``outbound`` takes the paid calls' outgoing
+    legs. Its password, when it has one, is kept encrypted under the server's secret key
+    (Asterisk needs it in clear to answer the carrier's challenge: it is decrypted only
+    into the instance's pjsip config, mode 0600)."""
+
+    __tablename__ = "sip_trunks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer, default=5060)
+    username: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    password_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    register: Mapped[bool] = mapped_column(Boolean, default=False)
+    match: Mapped[str] = mapped_column(Text, default="")  # CIDRs, comma-separated
+    outbound: Mapped[bool] = mapped_column(Boolean, default=False)
+    prefix: Mapped[str] = mapped_column(String(16), default="")  # digits put before
+    strip: Mapped[int] = mapped_column(Integer, default=0)  # digits taken off the front
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SipPhone(Base):
+    """A softphone account (``ivr sip phones``): it registers with its name and password
+    and reaches the IVR lines by short number, never a trunk. Only Asterisk's md5
+    credential (MD5 of ``name:realm:password``) is kept."""
+
+    __tablename__ = "sip_phones"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), unique=True)
+    md5_cred: Mapped[str] = mapped_column(String(32))
+    callerid: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -49,6 +49,8 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         ami_port=free_port(),
         agi_port=free_port(),
         ami_secret=secrets.token_hex(12),
+        # Its own SIP port: never 5060, an operator's instance's (or another session's).
+        sip_bind=f"127.0.0.1:{free_port()}",
     )
 
 

@@ -1,0 +1,115 @@
+"""The access line called by a real SIP user agent (baresip) over loopback: SIP, G.711 RTP
+and RFC 4733 DTMF into the project's Asterisk, and checks on the audio the caller heard."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from ivr.db.models import EntryKind
+from ivr.prompts import PromptStore
+from ivr.testing.access import AccessLine, Caller, account_state, cdrs, open_reservations
+from ivr.testing.sipua import SipUA, match_score, read_pcm16, rms
+
+pytestmark = pytest.mark.sip
+
+# Normalised cross-correlation of a prompt's audio against what the UA recorded: the
+# prompt played over G.711 scores ~1.0 (measured 0.99+), a prompt the caller never heard
+# stays far below (measured under 0.3). The threshold sits between with a wide margin.
+HEARD_THRESHOLD = 0.8
+# Seconds of the recording searched for the first prompts (the search is O(n*m)).
+OPENING = 12.0
+
+
+def prompt_audio(store: PromptStore, prompt_id: str, lang: str = "en") -> bytes:
+    """The prompt's current version as 8 kHz linear samples: its u-law file, which is
+    what Asterisk sends a G.711 u-law caller (so no other round trip is needed)."""
+    version = store.current(prompt_id, lang)
+    assert version is not None, prompt_id
+    base = store.version_base(prompt_id, lang, version.version)
+    return read_pcm16(base.with_name(base.name + ".ulaw"))
+
+
+async def test_a_sip_caller_logs_in_calls_and_hears_the_welcome(
+    access_line: AccessLine, user_agent: SipUA, sip_calls, sip_port: int,
+    instance_prompts: PromptStore,
+):
+    card = access_line.card("5.00")
+    await user_agent.dial(f"sip:100@127.0.0.1:{sip_port}")
+    await user_agent.wait_established()
+    call = await sip_calls.next_call(user_agent)
+    caller = Caller(call)
+    await caller.log_in(card)
+    # 999 603 ...: the test carrier answers, talks 3 seconds and hangs up.
+    await caller.dial("9996031234")
+    await caller.wait_prompt("another-call")
+    await user_agent.hangup()
+    reason = await user_agent.wait_closed()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    await user_agent.stop()  # closes the recording
+
+    said = caller.heard
+    assert said[:3] == ["welcome", "enter-card-number", "enter-pin"]
+    assert "connecting" in said and "call-cost" in said
+    assert reason  # baresip says why the call closed (we hung up)
+    # Settled exactly: 3 seconds at 0.60 a minute, per second.
+    (cdr,) = cdrs(access_line)
+    assert cdr.billable_seconds == 3 and cdr.cost == Decimal("0.03")
+    assert cdr.destination == "19996031234"
+    balance, reserved, entries = account_state(access_line, card.account)
+    assert [e.kind for e in entries] == [EntryKind.TOPUP, EntryKind.CALL]
+    assert entries[1].amount == Decimal("-0.03")
+    assert balance == Decimal("4.97") and reserved == 0
+    assert not open_reservations(access_line)
+    assert access_line.server.stats.failed == 0
+
+    # What the caller heard: not silence, and the welcome prompt is in it.
+    heard = read_pcm16(user_agent.recording)
+    assert len(heard) > 2 * 8000 * 5, "less than 5 s of audio heard"
+    assert rms(heard) > 300, f"the recording is silent (rms {rms(heard):.0f})"
+    opening = heard[: int(OPENING * 8000) * 2]
+    welcome, at = await asyncio.to_thread(
+        match_score, opening, prompt_audio(instance_prompts, "welcome"))
+    wrong, _ = await asyncio.to_thread(
+        match_score, opening, prompt_audio(instance_prompts, "unknown-destination"))
+    print(f"welcome score {welcome:.4f} at {at:.2f}s; a prompt not played: {wrong:.4f}")
+    assert welcome > HEARD_THRESHOLD, (welcome, wrong)
+    assert wrong < HEARD_THRESHOLD, (welcome, wrong)
+    assert at < 3.0  # the welcome is the first thing heard
+
+
+async def test_an_unknown_number_is_refused_without_an_agi_session(
+    access_line: AccessLine, user_agent: SipUA, sip_calls, sip_port: int,
+):
+    await user_agent.dial(f"sip:555@127.0.0.1:{sip_port}")
+    reason = await user_agent.wait_closed(timeout=15)
+    assert reason.startswith("404"), reason
+    assert "CALL_ESTABLISHED" not in [e.get("type") for e in user_agent.events]
+    # The dialplan refused it: the inbound context, then Hangup(1), no AGI.
+    call = await sip_calls.next_call(user_agent, timeout=5)
+    await call.wait_ended()
+    assert len(sip_calls.calls) == 1
+    assert [app for app, _ in call.applications if app == "AGI"] == []
+    assert ("Hangup", "1") in call.applications
+    assert call.commands == []
+    stats = access_line.server.stats
+    assert stats.accepted == 0 and stats.refused == 0
+
+
+# Each of the first five becomes "100" (the access line) once its other characters are
+# dropped: the context must refuse, not clean up. "%40" is an escaped "@".
+@pytest.mark.parametrize("user", ["1&00", "10,0", "10/0", "1%4000", "10;0", "1&2", "abc"])
+async def test_a_called_number_with_other_characters_is_refused(
+    access_line: AccessLine, tmp_path: Path, user_agent: SipUA, sip_port: int, user: str,
+):
+    """Characters a dial string would act on never get past the inbound context: the
+    call is refused like an unknown number (Asterisk's 404 for no such extension, or
+    the context's own Hangup(1))."""
+    await user_agent.dial(f"sip:{user}@127.0.0.1:{sip_port}")
+    reason = await user_agent.wait_closed(timeout=15)
+    assert reason.startswith("404"), reason
+    assert access_line.server.stats.accepted == 0
