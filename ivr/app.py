@@ -10,6 +10,7 @@ do not see each other: nothing here is module state).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .db import Database
 from .live.calls import CallController, LiveCall
 from .live.charging import Charging
 from .money.ledger import Ledger
+from .sip import Outbound
+from .sip import outbound as outbound_trunk
 
 if TYPE_CHECKING:
     from .ami import AmiClient
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
     from .prompts import Voice
 
 log = logging.getLogger("ivr.app")
+
+OUTBOUND_TTL = 5.0  # seconds a server keeps what it read of the outbound trunk
 
 Route = Callable[[AgiSession, "App"], Awaitable[None]]
 
@@ -46,6 +51,8 @@ class App:
     charging: Charging
     secret_key: bytes  # the keyed hashes' key (recharge codes)
     asterisks: dict[str, CallController] = field(default_factory=dict)
+    # (loop time read, the outbound trunk or None): see dial_target
+    _outbound: tuple[float, Outbound | None] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None,
@@ -107,6 +114,24 @@ class App:
         handler.__name__ = getattr(route, "__name__", "route")
         return handler
 
+    # ------------------------------------------------------------------ outgoing legs
+
+    async def dial_target(self, number: str) -> str:
+        """Where a paid call to ``number`` (E.164 digits) is dialled: the SIP trunk marked
+        outbound (``ivr sip trunks add --outbound``, with its strip and prefix), else the
+        ``trunk_dial`` setting. The trunk is read at most every OUTBOUND_TTL seconds, so
+        a change made with the command reaches a running server within that."""
+        loop = asyncio.get_running_loop()
+        cached = self._outbound
+        if cached is None or loop.time() - cached[0] > OUTBOUND_TTL:
+            trunk = await self.db.run(_read_outbound, self.db)
+            cached = self._outbound = (loop.time(), trunk)
+        if cached[1] is not None:
+            return cached[1].dial(number)
+        if not number.isdigit():  # nothing but digits ever reaches a dial string
+            raise ValueError(f"not a number to dial: {number!r}")
+        return self.settings.trunk_dial.format(number=number)
+
     # ------------------------------------------------------------------ hooks
 
     def notice_senders(self, ami: AmiClient | None) -> tuple[Sender | None, Sender | None]:
@@ -133,6 +158,11 @@ class App:
 
         return await recharge(self.db, self.gateway, account_id=call.account_id,
                               call_key=str(call.key), uniqueid=call.uniqueid)
+
+
+def _read_outbound(db: Database) -> Outbound | None:
+    with db.reading() as s:
+        return outbound_trunk(s)
 
 
 def open_database(settings: Settings) -> Database:

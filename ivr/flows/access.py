@@ -296,7 +296,7 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         await call.set_variable("__DYNAMIC_FEATURES", "topup")
         await call.set_variable("TIMEOUT(absolute)",
                                 backstop(s.settings.dial_timeout + grant.seconds))
-        target = s.settings.trunk_dial.format(number=r.number)
+        target = await s.app.dial_target(r.number)
         log.info("%s dialling %s for up to %ss (reservation %s)", s.tag, r.number,
                  grant.seconds, grant.reservation_id)
         if call.hung_up:  # the session sends nothing more: Dial will not run

@@ -256,3 +256,21 @@ async def test_two_apps_side_by_side_do_not_see_each_other(make_line: LineFactor
     assert card_row(line_a.db, card_a.card_id).failed_pins == 0
     assert line_a.app.charging is not line_b.app.charging
     assert line_a.app.db.engine.url != line_b.app.db.engine.url
+
+
+async def test_the_outbound_sip_trunk_takes_the_call_with_its_strip_and_prefix(
+        line: Line) -> None:
+    """`ivr sip trunks add carrier ... --outbound --strip 1 --prefix 00`: the paid call's
+    outgoing leg is dialled on that trunk, not trunk_dial; only digits reach it."""
+    from ivr import sip
+
+    with line.db.transaction() as s:
+        sip.add_trunk(s, "carrier", "198.51.100.7", key=line.app.secret_key, outbound=True,
+                      prefix="00", strip=1)
+    card = line.card("5.00")
+    caller = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER),
+                            dials=[Outcome.answered(10)])
+    await line.call(caller)
+    assert caller.dialled == [f"PJSIP/00{US_NUMBER[1:]}@carrier"]
+    [cdr] = cdrs(line.db)
+    assert (cdr.billable_seconds, cdr.cost) == (10, Decimal("0.10"))
