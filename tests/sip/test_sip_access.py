@@ -113,3 +113,32 @@ async def test_a_called_number_with_other_characters_is_refused(
     reason = await user_agent.wait_closed(timeout=15)
     assert reason.startswith("404"), reason
     assert access_line.server.stats.accepted == 0
+
+
+async def test_pinless_log_in_from_the_sip_caller_id(
+    access_line: AccessLine, tmp_path: Path, sip_calls, sip_port: int, test_settings,
+):
+    """The trunk's caller ID (the From user) is the card's registered number: welcomed
+    back, no card number or PIN asked, and the call is the card's."""
+    card = access_line.card("5.00", callerid="12125550199")
+    first = test_settings.rtp_end + 200
+    ua = SipUA(tmp_path / "pinless", user="12125550199", rtp_ports=(first, first + 99))
+    await ua.start()
+    try:
+        await ua.dial(f"sip:100@127.0.0.1:{sip_port}")
+        await ua.wait_established()
+        call = await sip_calls.next_call(ua)
+        caller = Caller(call)
+        await caller.dial("9996021234")  # the test carrier answers for 2 s
+        await caller.wait_prompt("another-call")
+        await ua.hangup()
+        await ua.wait_closed()
+        await call.wait_ended()
+    finally:
+        await ua.stop()
+    await access_line.server.wait_idle()
+    assert caller.heard[:2] == ["welcome", "welcome-back"]
+    assert "enter-card-number" not in caller.heard and "enter-pin" not in caller.heard
+    (cdr,) = cdrs(access_line)
+    assert (cdr.card_id, cdr.billable_seconds, cdr.cost) == (card.card_id, 2, Decimal("0.02"))
+    assert cdr.caller == "12125550199"
