@@ -77,4 +77,18 @@ async def test_a_phone_calls_the_access_line_and_a_wrong_password_gets_nothing(
         assert "CALL_ESTABLISHED" not in [e.get("type") for e in ua.events]
     finally:
         await ua.stop()
+
+    # A user name nobody has: the same answer as a wrong password (nothing tells which
+    # accounts exist).
+    ua = await phone(tmp_path / "nobody", "nobody", "whatever", sip_port, rtp + 200)
+    try:
+        await ua.dial(f"sip:100@127.0.0.1:{sip_port}")
+        unknown = await ua.wait_closed(timeout=15)
+    finally:
+        await ua.stop()
+    assert unknown.split()[0] == reason.split()[0], (unknown, reason)
     assert access_line.server.stats.accepted == accepted
+    # Both refusals are in Asterisk's security log with the address they came from.
+    log = asterisk.host(f"{asterisk.state_dir}/log/security.log")
+    text = log.read_text() if log.exists() else ""
+    assert "127.0.0.2" in text, text[-2000:]
