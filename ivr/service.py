@@ -60,6 +60,12 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     from .live.recovery import Recovery
     from .live.servers import Lease, LeaseRefused, keep_lease
 
+    # SIGTERM/SIGINT from the start: one that comes while the server starts ends it as
+    # soon as it is up, through the same graceful shutdown.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     # Opens the database (and may migrate an SQLite file).
     app = await asyncio.to_thread(functools.partial(App.build, settings, voice=voice))
     await asyncio.to_thread(check_prompts, app)
@@ -99,10 +105,6 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     recovery.start(settings.recovery_interval)
     reconciler = (asyncio.ensure_future(reconcile_payments(app))
                   if settings.payment_reconcile_interval > 0 else None)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
     if on_started:
         on_started()

@@ -7,10 +7,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
+from typing import TYPE_CHECKING
 
 from ..config import Settings
-from .common import CommandError, command
+from .common import CommandError, command, open_db
 from .sip import write_sip_objects
+
+if TYPE_CHECKING:
+    from ..demo import Demo
 
 
 def _with_ami_secret(settings: Settings) -> Settings:
@@ -35,24 +40,54 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 @command
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    """Bring up Asterisk, then serve; stop Asterisk on exit unless --keep-asterisk."""
+    """Bring up Asterisk, then serve; stop Asterisk on exit unless --keep-asterisk.
+
+    Unless --no-demo, a newcomer's softphone account and demo card are made when missing
+    (ivr.demo) before the SIP objects are written, so the new phone is among them, and
+    printed once Asterisk is up: register a softphone and call at once."""
     from .. import service
     from ..asterisk import instance_for
 
     settings = _with_ami_secret(settings)
     instance = instance_for(settings)
     was_running = instance.running()
+    demo = None if args.no_demo else _ensure_demo(settings)
     write_sip_objects(settings, instance)
-    instance.start(prompts=True)
-    console = " ".join(instance.install.argv("-C", instance.conf_file, "-r"))
-    print(f"ivr: Asterisk ({instance.install.kind}) up, AMI on "
-          f"{settings.ami_host}:{settings.ami_port}; its console: {console}", flush=True)
+    # Until the server's own handlers are installed (service.serve), SIGTERM ends this
+    # command like Ctrl-C does, through the finally below: the Asterisk it started is
+    # stopped, even when the signal comes while Asterisk starts.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        instance.start(prompts=True)
+        console = " ".join(instance.install.argv("-C", instance.conf_file, "-r"))
+        print(f"ivr: Asterisk ({instance.install.kind}) up, AMI on "
+              f"{settings.ami_host}:{settings.ami_port}; its console: {console}", flush=True)
+        if demo is not None:
+            from ..demo import demo_text
+
+            print(demo_text(demo, settings), flush=True)
         return asyncio.run(service.serve(settings))
+    except KeyboardInterrupt:
+        return 130
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if not (args.keep_asterisk or was_running):
             instance.stop()
             print("ivr: Asterisk stopped", flush=True)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _ensure_demo(settings: Settings) -> Demo:
+    from ..demo import ensure_demo
+
+    db = open_db(settings)
+    try:
+        return ensure_demo(db, settings)
+    finally:
+        db.dispose()
 
 
 @command
@@ -118,6 +153,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("run", help="bring up Asterisk and run the FastAGI server")
     p.add_argument("--keep-asterisk", action="store_true", help="leave Asterisk running on exit")
+    p.add_argument("--no-demo", action="store_true",
+                   help="make and print no demo softphone account and card")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("asterisk", help="bring up, stop or inspect the project's Asterisk")
