@@ -17,7 +17,6 @@ import os
 import random
 import secrets
 import shutil
-import socket
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,19 +50,6 @@ access_line = _e2e.access_line
 agi_server = _e2e.agi_server
 
 
-def free_udp_tcp_port() -> int:
-    """A port on 127.0.0.1 free for both UDP and TCP (the SIP transports share it)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for SIP")
-
-
 def rtp_range(size: int = 200) -> tuple[int, int]:
     """An even-aligned RTP port range for this session, away from the usual 10000-20000."""
     start = random.randrange(30000, 60000 - 2 * size, 2)
@@ -80,7 +66,7 @@ def test_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         ami_port=free_port(),
         agi_port=free_port(),
         ami_secret=secrets.token_hex(12),
-        sip_bind=f"127.0.0.1:{free_udp_tcp_port()}",
+        sip_bind=f"127.0.0.1:{free_port()}",
         rtp_start=start,
         rtp_end=end,
     )

@@ -20,7 +20,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -48,19 +47,6 @@ PHONE_HOST = "127.0.0.2"  # a phone's address: not 127.0.0.1 (no test trunk here
 START_TIMEOUT = 240  # seconds for `ivr run` to bring Asterisk up and print the demo
 
 
-def free_sip_port() -> int:
-    """A port on 127.0.0.1 free for TCP (free_port) and for UDP too."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port for SIP")
-
-
 @pytest.fixture
 def newcomer_settings(tmp_path: Path) -> Settings:
     start = random.randrange(30000, 59000, 2)
@@ -71,7 +57,7 @@ def newcomer_settings(tmp_path: Path) -> Settings:
         ami_port=free_port(),
         agi_port=free_port(),
         ami_secret=secrets.token_hex(12),
-        sip_bind=f"127.0.0.1:{free_sip_port()}",
+        sip_bind=f"127.0.0.1:{free_port()}",
         rtp_start=start,
         rtp_end=start + 199,
     )
