@@ -30,3 +30,21 @@ def free_port() -> int:
             continue
         return port
     raise RuntimeError(f"no free port on 127.0.0.1 between {first} and {low}")
+
+
+async def wait_listening(port: int, timeout: float, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port`` within ``timeout``
+    seconds (a server process a test started)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return True
+    return False

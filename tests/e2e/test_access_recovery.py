@@ -26,6 +26,7 @@ from ivr.app import open_database
 from ivr.config import Settings
 from ivr.db import Database
 from ivr.db.models import Cdr, EntryKind, LedgerEntry
+from ivr.testing import wait_listening
 from ivr.testing.access import Caller, account_state, create_test_plan, new_card, open_reservations
 from ivr.testing.phone import Phone
 
@@ -68,16 +69,8 @@ class ServerProcess:
             sys.executable, "-m", "ivr.cli", "serve", env=self.env(), stdout=out, stderr=out,
         )
         out.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.settings.agi_port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            return
-        raise AssertionError(f"server did not listen; log:\n{self.log.read_text()}")
+        if not await wait_listening(self.settings.agi_port, 20):
+            raise AssertionError(f"server did not listen; log:\n{self.log.read_text()}")
 
     async def kill9(self) -> None:
         assert self.proc is not None

@@ -36,7 +36,7 @@ from ivr.config import Settings, load_settings
 from ivr.db import Database
 from ivr.db.models import Account, EntryKind
 from ivr.prompts import PromptStore
-from ivr.testing import free_port
+from ivr.testing import free_port, wait_listening
 from ivr.testing.access import Caller, CardInHand, account_state, cdrs, open_reservations
 from ivr.testing.phone import Call, split_agi_command
 from ivr.testing.sipua import SipUA
@@ -137,16 +137,8 @@ class IvrRun:
             err.read_text(errors="replace")[-4000:] if err.exists() else "")
 
     async def wait_listening(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", self.settings.agi_port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            return
-        raise AssertionError(f"the FastAGI server did not listen:\n{self.output()}")
+        if not await wait_listening(self.settings.agi_port, timeout):
+            raise AssertionError(f"the FastAGI server did not listen:\n{self.output()}")
 
     async def stop(self) -> int | None:
         """SIGTERM, as Ctrl-C or a service manager stops it; kill if it hangs."""
