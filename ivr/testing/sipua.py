@@ -26,6 +26,7 @@ import json
 import math
 import shutil
 import subprocess
+import time
 import uuid
 import warnings
 import wave
@@ -47,12 +48,13 @@ class SipUAError(RuntimeError):
     """baresip could not be started or did not answer."""
 
 
-def make_tone_wav(path: Path, seconds: float = 120, freq: int = 440) -> Path:
+def make_tone_wav(path: Path, seconds: float = 120, freq: int = 440,
+                  volume: float = 0.2) -> Path:
     """An 8 kHz mono 16-bit WAV of a soft tone (a microphone with known audio). baresip
     1.0's aufile source plays 8 kHz files only at 8 kHz, the rate of G.711."""
     subprocess.run(
         ["sox", "-n", "-r", "8000", "-c", "1", "-b", "16", str(path),
-         "synth", str(seconds), "sine", str(freq), "vol", "0.2"],
+         "synth", str(seconds), "sine", str(freq), "vol", str(volume)],
         check=True, capture_output=True, timeout=60,
     )
     return path
@@ -87,6 +89,8 @@ class SipUA:
         listen_host: str = "127.0.0.1",
         domain: str | None = None,
         password: str | None = None,
+        auto_answer: bool = False,
+        register: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.source_wav = source_wav
@@ -99,6 +103,11 @@ class SipUA:
         self.listen_host = listen_host
         self.domain = domain
         self.password = password
+        # A carrier's side: answer every incoming call at once (baresip's answermode).
+        self.auto_answer = auto_answer
+        # A phone that registers to its domain (the registrar) on start, as a softphone
+        # does (before the control socket is open: check the registrar's side).
+        self.register = register
         self.sip_port = 0
         self.ctrl_port = 0
         self.dump_dir = self.workdir / "dump"
@@ -141,8 +150,11 @@ class SipUA:
         (self.workdir / "config").write_text("\n".join(lines) + "\n")
         domain = self.domain or f"{self.listen_host}:{self.sip_port}"
         auth = f";auth_pass={self.password}" if self.password else ""
+        answer = ";answermode=auto" if self.auto_answer else ""
+        regint = 600 if self.register else 0
         (self.workdir / "accounts").write_text(
-            f"<sip:{self.user}@{domain}>{auth};regint=0;audio_codecs={self.codecs}\n"
+            f"<sip:{self.user}@{domain}>{auth};regint={regint};audio_codecs={self.codecs}"
+            f"{answer}\n"
         )
         (self.workdir / "contacts").write_text("")
 
@@ -238,6 +250,7 @@ class SipUA:
                 if future is not None and not future.done():
                     future.set_result(message)
             elif message.get("event"):
+                message["at"] = time.monotonic()  # when it arrived (time.monotonic)
                 self.events.append(message)
                 async with self._changed:
                     self._changed.notify_all()
@@ -351,3 +364,20 @@ def match_score(heard: bytes, reference: bytes) -> tuple[float, float]:
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
     return (dot / norm if norm else 0.0), offset / 8000
+
+
+def tone_level(pcm: bytes, freq: float, rate: int = 8000) -> float:
+    """How much of ``pcm``'s energy is a tone at ``freq`` Hz, from 0 to 1 (Goertzel):
+    about 1 for that tone alone, near 0 for silence, speech or other tones. Talk-path
+    checks use it: each side plays its own tone and the other side must hear it."""
+    samples = array.array("h", pcm)
+    n = len(samples)
+    energy = sum(s * s for s in samples)
+    if n == 0 or energy == 0:
+        return 0.0
+    coeff = 2 * math.cos(2 * math.pi * freq / rate)
+    s1 = s2 = 0.0
+    for x in samples:
+        s1, s2 = x + coeff * s1 - s2, s1
+    power = s1 * s1 + s2 * s2 - coeff * s1 * s2  # |X(f)|^2
+    return min(1.0, 2 * power / n / energy)

@@ -1,5 +1,5 @@
 """The newcomer's path (issue 12): `ivr run` on an empty data directory prints a ready
-softphone account and a demo card; a real SIP phone (baresip) registers nothing more than
+softphone account and a demo card; a real SIP phone (baresip) registers with nothing but
 what was printed, calls the access number, logs in with the printed card, calls the
 printed destination on the sandbox test carrier, and the call is charged exactly.
 
@@ -260,8 +260,15 @@ async def test_ivr_run_prints_an_account_and_a_card_that_a_softphone_calls_with(
         rtp = newcomer_settings.rtp_end + 1
         ua = SipUA(tmp_path / "ua", user=printed.user, listen_host=PHONE_HOST,
                    domain=printed.domain, password=printed.password,
-                   rtp_ports=(rtp, rtp + 99))
+                   rtp_ports=(rtp, rtp + 99), register=True)
         await ua.start()
+        # It registers with the printed account, as a softphone does (at start, before
+        # the test is on its control socket): Asterisk then holds its contact.
+        contact = f"@{PHONE_HOST}:{ua.sip_port}"  # sip:softphone-<id>@127.0.0.2:<port>
+        deadline = time.monotonic() + 15
+        while contact not in (shown := newcomer_instance.cli(f"pjsip show aor {printed.user}")):
+            assert time.monotonic() < deadline, f"no {contact} in: {shown}"
+            await asyncio.sleep(0.2)
         calls = follow(ami, ua, f"PJSIP/{printed.user}-")
 
         await ua.dial(f"sip:{printed.access}@{printed.domain}")
