@@ -142,3 +142,46 @@ async def test_pinless_log_in_from_the_sip_caller_id(
     (cdr,) = cdrs(access_line)
     assert (cdr.card_id, cdr.billable_seconds, cdr.cost) == (card.card_id, 2, Decimal("0.02"))
     assert cdr.caller == "12125550199"
+
+
+# The registered number 12125550199 with a character a dial string or a channel variable
+# would act on in the middle ("%40" is an escaped "@"), and the caller ID Asterisk makes
+# of it (PJSIP ends the user at ";", which starts a URI parameter there).
+@pytest.mark.parametrize("user, callerid", [
+    ("1212555&0199", "1212555&0199"), ("1212555,0199", "1212555,0199"),
+    ("1212555/0199", "1212555/0199"), ("1212555;0199", "1212555"),
+    ("1212555%400199", "1212555@0199"),
+])
+async def test_a_caller_id_with_other_characters_counts_as_withheld(
+    access_line: AccessLine, tmp_path: Path, sip_calls, sip_port: int, test_settings,
+    user: str, callerid: str,
+):
+    """A From user that is not written like a number is no caller ID (cut at ";", it is
+    another number): no pinless log-in for the card registered to its digits, the card
+    number is asked, and nothing of it is recorded."""
+    access_line.card("5.00", callerid="12125550199")
+    first = test_settings.rtp_end + 200
+    ua = SipUA(tmp_path / "from", user=user, rtp_ports=(first, first + 99))
+    seen: list[str] = []
+    off = sip_calls.ami.on_event("Newchannel", lambda e: seen.append(e.get("CallerIDNum", "")))
+    await ua.start()
+    try:
+        await ua.dial(f"sip:100@127.0.0.1:{sip_port}")
+        await ua.wait_established()
+        call = await sip_calls.next_call(ua)
+        caller = Caller(call)
+        await caller.wait_prompt("enter-card-number")
+        await ua.hangup()
+        await ua.wait_closed()
+        await call.wait_ended()
+    finally:
+        off()
+        await ua.stop()
+    await access_line.server.wait_idle()
+    # The characters did reach Asterisk as the caller ID ...
+    assert seen[:1] == [callerid], seen
+    # ... and went no further.
+    assert caller.heard[:2] == ["welcome", "enter-card-number"], caller.heard
+    assert "welcome-back" not in caller.heard
+    assert cdrs(access_line) == []
+    assert access_line.server.stats.failed == 0
