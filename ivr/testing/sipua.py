@@ -110,6 +110,7 @@ class SipUA:
         self.register = register
         self.sip_port = 0
         self.ctrl_port = 0
+        self.aor = ""
         self.dump_dir = self.workdir / "dump"
         self.events: list[dict[str, Any]] = []
         self._process: asyncio.subprocess.Process | None = None
@@ -149,22 +150,38 @@ class SipUA:
             lines.append(f"rtp_ports {self.rtp_ports[0]}-{self.rtp_ports[1]}")
         (self.workdir / "config").write_text("\n".join(lines) + "\n")
         domain = self.domain or f"{self.listen_host}:{self.sip_port}"
+        self.aor = f"sip:{self.user}@{domain}"
         auth = f";auth_pass={self.password}" if self.password else ""
         answer = ";answermode=auto" if self.auto_answer else ""
         regint = 600 if self.register else 0
         (self.workdir / "accounts").write_text(
-            f"<sip:{self.user}@{domain}>{auth};regint={regint};audio_codecs={self.codecs}"
+            f"<{self.aor}>{auth};regint={regint};audio_codecs={self.codecs}"
             f"{answer}\n"
         )
         (self.workdir / "contacts").write_text("")
 
-    async def start(self, timeout: float = 15) -> None:
+    async def start(self, timeout: float = 15, attempts: int = 3) -> None:
+        """Start baresip and connect to its control socket. A port found free can be
+        taken by another process before baresip binds it: baresip then exits, or runs
+        with its control socket refused while the test's connection reaches whatever
+        else listens there (another UA: driving it would steal that UA's control).
+        So the connection is checked to be this UA's (its account answers ``reginfo``)
+        and, if not, baresip is started again on other ports."""
         if shutil.which(self.baresip) is None:
             raise SipUAError(f"{self.baresip} not found (scripts/setup installs baresip)")
-        self.write_config()
+        for attempt in range(attempts):
+            if attempt:
+                self.sip_port = self.ctrl_port = 0  # write_config picks new ones
+                self.events.clear()
+            self.write_config()
+            if await self._start_once(timeout):
+                return
+        raise SipUAError(f"baresip did not start on ports of its own: {self.log_tail()}")
+
+    async def _start_once(self, timeout: float) -> bool:
         # baresip writes its log (and a status line per call) to stdout: into a file
         log = (self.workdir / "baresip.log").open("wb")
-        self._process = await asyncio.create_subprocess_exec(
+        process = self._process = await asyncio.create_subprocess_exec(
             self.baresip, "-f", str(self.workdir),
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
@@ -175,14 +192,35 @@ class SipUA:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.ctrl_port)
                 break
-            except OSError as exc:
-                if self._process.returncode is not None or loop.time() > deadline:
-                    await self.stop()
-                    raise SipUAError(
-                        f"baresip did not open ctrl_tcp: {self.log_tail()}") from exc
+            except OSError:
+                if process.returncode is not None or loop.time() > deadline:
+                    await self._kill()
+                    return False
                 await asyncio.sleep(0.1)
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read(reader))
+        try:
+            reply = await self._send("reginfo")
+            if self.aor in str(reply.get("data", "")) and process.returncode is None:
+                return True
+        except (SipUAError, TimeoutError, ConnectionError):
+            pass
+        await self._kill()  # not ours: no "quit" down that socket
+        return False
+
+    async def _kill(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+            self._reader_task = None
 
     async def stop(self) -> None:
         """Quit baresip (it finishes the recording's WAV header), killing it if it hangs."""
