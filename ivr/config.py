@@ -86,6 +86,13 @@ class Settings:
     # Dialled numbers (a trunk's DIDs, a phone's short numbers) and the line each reaches:
     # "number=line,..." with lines access and operator. Any other number is refused (404).
     sip_lines: str = "100=access,300=operator"
+    # Failed SIP attempts (unknown address or user, wrong password, as Asterisk's security
+    # events report them) from one source address that block it: sip_block_failures
+    # within sip_block_window seconds block it for sip_block_seconds (ivr.sipguard);
+    # 0 failures: no blocking.
+    sip_block_failures: int = 10
+    sip_block_window: float = 60.0
+    sip_block_seconds: float = 600.0
     # The dial string for destinations; {number} is the filtered, normalised number.
     # The default is the sandbox test trunk.
     trunk_dial: str = "Local/{number}@ivr-test-callee"
@@ -188,9 +195,14 @@ def _coerce(name: str, raw: object) -> object:
             value = int(str(raw))
             if name == "agi_max_connections" and value < 1:
                 raise ValueError("must be at least 1")
+            if name == "sip_block_failures" and value < 0:
+                raise ValueError("must be 0 (off) or more")
             return value
         if kind is float:
-            return float(str(raw))
+            number = float(str(raw))
+            if name in ("sip_block_window", "sip_block_seconds") and not number > 0:
+                raise ValueError("must be more than 0")
+            return number
         if name == "agi_allowed_hosts":  # CIDRs, checked here for a one-line error
             for part in str(raw).split(","):
                 if part.strip():

@@ -18,15 +18,18 @@ from typing import TYPE_CHECKING
 from .config import Settings
 
 if TYPE_CHECKING:
+    from .ami import AmiClient
     from .app import App
     from .prompts import Voice
+    from .sipguard import SipGuard
 
 log = logging.getLogger("ivr")
 
 
-# What the call controller listens to: Dial and Hangup events (class "call"). Not "dtmf"
-# nor "agi", whose events carry the keys callers type.
-SERVER_AMI_EVENTS = "call"
+# What the server listens to: Dial and Hangup events (class "call", the call controller)
+# and failed SIP attempts (class "security", the SIP guard). Not "dtmf" nor "agi", whose
+# events carry the keys callers type.
+SERVER_AMI_EVENTS = "call,security"
 
 
 async def reconcile_payments(app: App) -> None:
@@ -47,6 +50,19 @@ async def reconcile_payments(app: App) -> None:
                               settings.payment_reconcile_interval)
         else:
             outage.ended()
+
+
+def start_sip_guard(app: App, ami: AmiClient | None) -> SipGuard:
+    """Follow the box's failed SIP attempts and block their sources (ivr.sipguard),
+    applying the blocks to the Asterisk instance beside the server as ``ivr sip``
+    applies its changes."""
+    from .sip import apply_objects
+    from .sipguard import SipGuard
+
+    guard = SipGuard(app.settings, app.db, ami,
+                     functools.partial(apply_objects, app.settings, app.db, app.secret_key))
+    guard.start()
+    return guard
 
 
 async def serve(settings: Settings, *, on_started: Callable[[], None] | None = None,
@@ -106,6 +122,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     reconciler = (asyncio.ensure_future(reconcile_payments(app))
                   if settings.payment_reconcile_interval > 0 else None)
     heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
+    guard = start_sip_guard(app, ami)
     if on_started:
         on_started()
     await stop.wait()
@@ -113,6 +130,7 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     await server.shutdown(settings.shutdown_grace)
     if reconciler is not None:
         reconciler.cancel()
+    await guard.close()
     await recovery.close()
     await app.close()  # controllers, then the charging session's background work
     ami_task.cancel()

@@ -15,6 +15,9 @@ encryption, not our own) under a key derived from the server's secret key
 (``App.secret_key``); Asterisk needs the clear password to answer a carrier's challenge,
 so it appears only in the rendered ``pjsip-objects.conf`` (mode 0600). Phone passwords
 are shown once and never stored: only MD5(name:realm:password), which Asterisk checks.
+
+The source addresses blocked after repeated failed attempts (ivr.sipguard) are rendered
+here too, as one PJSIP ACL (:data:`BLOCK_ACL`) res_pjsip_acl checks every request against.
 """
 
 from __future__ import annotations
@@ -22,19 +25,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import os
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .asterisk.instance import SIP_OBJECTS_FILE, write_private
-from .db.models import SipPhone, SipTrunk
+from .db.models import SipBlock, SipPhone, SipTrunk
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .db import Database
 
 REALM = "ivr"  # the digest realm of the phones (their md5 credentials depend on it)
 NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")
@@ -42,6 +51,7 @@ HOST_RE = re.compile(r"[A-Za-z0-9.-]{1,255}|\[?[0-9A-Fa-f:]+\]?")
 USER_RE = re.compile(r"[A-Za-z0-9._+-]{1,128}")
 PASSWORD_LENGTH = 16  # characters of a generated phone password (base32: 80 bits)
 RESERVED_PREFIX = "ivr-"  # the instance's own objects (transports, test endpoints)
+BLOCK_ACL = "ivr-blocked"  # the PJSIP ACL of the blocked source addresses
 
 
 class SipError(ValueError):
@@ -168,14 +178,35 @@ def md5_cred(name: str, password: str, realm: str = REALM) -> str:
 
 
 def render_pjsip(session: Session, *, key: bytes, phone_context: str = "ivr-sip-phones",
-                 trunk_context: str = "ivr-sip-inbound") -> str:
-    """The PJSIP objects of every trunk and phone, in pjsip.conf syntax."""
+                 trunk_context: str = "ivr-sip-inbound", now: datetime | None = None) -> str:
+    """The PJSIP objects of every trunk and phone, and the ACL of the source addresses
+    blocked at ``now`` (default: the present), in pjsip.conf syntax."""
     out = ["; Written by `ivr sip ...` from the database: edits here are overwritten.\n"]
     for t in list_trunks(session):
         out.append(_trunk_sections(t, key, trunk_context))
     for p in list_phones(session):
         out.append(_phone_sections(p, phone_context))
+    blocked = blocked_addresses(session, now or datetime.now(UTC))
+    if blocked:
+        out.append(_acl_section(blocked))
     return "\n".join(out)
+
+
+def blocked_addresses(session: Session, now: datetime) -> list[str]:
+    """The source addresses whose block is live at ``now``, sorted."""
+    rows = session.scalars(select(SipBlock.address).where(SipBlock.until > now))
+    return sorted(rows)
+
+
+def _acl_section(addresses: Sequence[str]) -> str:
+    """res_pjsip_acl answers every request from a denied address with 403, before any
+    endpoint is looked up (addresses were checked when the block was made; checked
+    again here: nothing else reaches a config line)."""
+    lines = [f"[{BLOCK_ACL}]", "type = acl"]
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        lines.append(f"deny = {ip}/{ip.max_prefixlen}")
+    return "\n".join([*lines, ""])
 
 
 def _trunk_sections(t: SipTrunk, key: bytes, context: str) -> str:
@@ -253,12 +284,36 @@ def decrypt_password(trunk: SipTrunk, key: bytes) -> str | None:
                        "secret key") from None
 
 
-
-
 def write_objects(session: Session, etc_dir: Path, *, key: bytes) -> Path:
-    """Write the trunks' and phones' PJSIP objects into an instance's config directory,
-    mode 0600 from creation (trunk passwords are in it). Asterisk applies them with
-    ``module reload res_pjsip.so``: live calls are not touched."""
+    """Write the trunks', phones' and blocks' PJSIP objects into an instance's config
+    directory, mode 0600 from creation (trunk passwords are in it), and in one step (a
+    reload never reads half a file). Asterisk applies them with ``module reload
+    res_pjsip.so``: live calls are not touched."""
     path = etc_dir / SIP_OBJECTS_FILE
-    write_private(path, render_pjsip(session, key=key))
+    partial = path.with_name(f".{SIP_OBJECTS_FILE}.{os.getpid()}.tmp")
+    write_private(partial, render_pjsip(session, key=key))
+    os.replace(partial, path)
     return path
+
+
+def apply_objects(settings: Settings, db: Database, key: bytes) -> bool:
+    """Write the PJSIP objects into the settings' Asterisk instance and reload res_pjsip
+    when it runs: what every change (``ivr sip ...``, a block made or lifted by the
+    server) does. False when the instance does not run (its next start writes them) or
+    has no config directory (an Asterisk the project does not run: nothing written).
+    Blocking: a database read, a file, an ``asterisk -rx``."""
+    from .asterisk import AsteriskSetupError, instance_for
+
+    try:
+        instance = instance_for(settings, build=False)
+    except AsteriskSetupError:
+        return False
+    etc = instance.host(instance.etc_dir)
+    if not etc.is_dir():
+        return False
+    with db.reading() as s:
+        write_objects(s, etc, key=key)
+    if not instance.running():
+        return False
+    instance.cli("module reload res_pjsip.so")
+    return True

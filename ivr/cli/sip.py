@@ -1,4 +1,5 @@
-"""``ivr sip trunks|phones``: carriers' trunks and softphone accounts (rules: ivr.sip).
+"""``ivr sip trunks|phones|blocks``: carriers' trunks and softphone accounts (rules:
+ivr.sip), and the source addresses blocked after failed attempts (ivr.sipguard).
 
 Each change is written to the database, then to the Asterisk instance's PJSIP objects and
 applied with a reload of res_pjsip when the instance runs (live calls are not touched).
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .. import sip
+from .. import sip, sipguard
 from ..asterisk import AsteriskInstance
 from ..config import Settings
 from .common import command, emit, open_db, secret_key, with_json
@@ -23,8 +24,10 @@ def cmd_sip(settings: Settings, args: argparse.Namespace) -> int:
     with db.transaction() as s:
         if args.what == "trunks":
             data, text = _trunks(s, args, key)
-        else:
+        elif args.what == "phones":
             data, text = _phones(s, args)
+        else:
+            data, text = _blocks(s, args)
     if changed:
         applied = apply(settings, db, key)
         data["applied"] = applied
@@ -65,6 +68,19 @@ def _phones(s: Any, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         f"{r['name']:16} {r['callerid'] or '-'}" for r in rows) or "no phones"
 
 
+def _blocks(s: Any, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if args.action == "remove":
+        address = sipguard.check_address(args.address)
+        sipguard.remove_block(s, address)
+        return {"address": address, "removed": True}, f"block of {address} lifted"
+    rows = [{"address": b.address, "reason": b.reason,
+             "created_at": sipguard.aware(b.created_at), "until": sipguard.aware(b.until)}
+            for b in sipguard.list_blocks(s)]
+    return {"blocks": rows}, "\n".join(
+        f"{r['address']:39} until {r['until']:%Y-%m-%d %H:%M:%S} UTC  {r['reason']}"
+        for r in rows) or "no blocked addresses"
+
+
 def _trunk_dict(t: Any) -> dict[str, Any]:
     # The password is never shown, even encrypted.
     return {"name": t.name, "host": t.host, "port": t.port, "username": t.username,
@@ -87,26 +103,14 @@ def write_sip_objects(settings: Settings, instance: AsteriskInstance) -> None:
 
 def apply(settings: Settings, db: Any, key: bytes) -> bool:
     """Write the PJSIP objects into the instance and reload res_pjsip when it runs;
-    False when it does not (the next start writes them)."""
-    from ..asterisk import AsteriskSetupError, instance_for
-
-    try:
-        instance = instance_for(settings, build=False)
-    except AsteriskSetupError:
-        return False
-    etc = instance.host(instance.etc_dir)
-    if not etc.is_dir():
-        return False
-    with db.reading() as s:
-        sip.write_objects(s, etc, key=key)
-    if not instance.running():
-        return False
-    instance.cli("module reload res_pjsip.so")
-    return True
+    False when it does not (the next start writes them). The server applies its SIP
+    blocks the same way."""
+    return sip.apply_objects(settings, db, key)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    group = sub.add_parser("sip", help="SIP trunks (carriers) and softphone accounts")
+    group = sub.add_parser(
+        "sip", help="SIP trunks (carriers), softphone accounts and blocked addresses")
     whats = group.add_subparsers(dest="what", required=True, metavar="WHAT")
 
     trunks = whats.add_parser("trunks", help="carriers' SIP trunks")
@@ -141,3 +145,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         if name == "remove":
             p.add_argument("name")
     phones.set_defaults(func=cmd_sip)
+
+    blocks = whats.add_parser(
+        "blocks", help="source addresses blocked after repeated failed attempts")
+    actions = blocks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    with_json(actions.add_parser("list", help="list the live blocks"))
+    p = with_json(actions.add_parser("remove", help="lift a block now"))
+    p.add_argument("address", help="the blocked IPv4 or IPv6 address")
+    blocks.set_defaults(func=cmd_sip)
