@@ -409,3 +409,74 @@ class SipPhone(Base):
     md5_cred: Mapped[str] = mapped_column(String(32))
     callerid: Mapped[str | None] = mapped_column(String(32), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SipBlock(Base):
+    """A source address refused by the SIP ACL until ``until`` (ivr.sipguard): it made
+    too many failed attempts (``sip_block_failures`` within ``sip_block_window``). Every
+    server on the database renders the live blocks into the Asterisk instance beside it;
+    ``ivr sip blocks remove`` lifts one early."""
+
+    __tablename__ = "sip_blocks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(45), unique=True)  # an IPv4 or IPv6 address
+    reason: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Customer(Base):
+    """A registered customer of the revalue line: known by their mobile number (E.164,
+    with ``+``) and a first code (hashed like a card PIN). ``mode`` is how their operator
+    account is recharged: ``code`` (a recharge code from the pool, read out and sent by
+    SMS) or ``direct`` (through the operator's interface). ``pay`` is what pays for it:
+    ``account`` (the money of our prepaid account ``account_id``) or ``saved-method``
+    (the saved payment card of that account)."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    msisdn: Mapped[str] = mapped_column(String(16), unique=True)
+    code_hash: Mapped[str] = mapped_column(String(200))
+    mode: Mapped[str] = mapped_column(String(8), default="code")
+    pay: Mapped[str] = mapped_column(String(16), default="account")
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # wrong first codes in a row
+    locked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PortedNumber(Base):
+    """A number that moved to another operator than its range says (number portability):
+    the local table the default operator lookup reads before phonenumbers' carrier data."""
+
+    __tablename__ = "ported_numbers"
+
+    msisdn: Mapped[str] = mapped_column(String(16), primary_key=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    mccmnc: Mapped[str] = mapped_column(String(6), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RechargeCode(Base):
+    """One of an operator's recharge codes in the pool (``ivr codes import``). The code is
+    read back to the customer who buys it, so it is kept encrypted (``code_enc``,
+    authenticated encryption under a key derived from the server's secret key), with a
+    keyed hash (``code_mac``) to refuse the same code twice; never in clear. Issued
+    exactly once: ``status`` goes from ``available`` to ``issued`` (or ``void``)."""
+
+    __tablename__ = "recharge_codes"
+    __table_args__ = (Index("ix_recharge_codes_pool", "operator", "currency", "value", "status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operator: Mapped[str] = mapped_column(String(64))
+    value: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    code_enc: Mapped[str] = mapped_column(Text)
+    code_mac: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(10), default="available")
+    imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), nullable=True)
