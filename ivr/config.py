@@ -161,6 +161,34 @@ class Settings:
     # {number} is the account's SMS number.
     sms_ami_uri: str = "pjsip:{number}"
 
+    # Revalue-line customers (ivr.revalue.customers). Digits of a customer's first code
+    # (4 to 12), and the plan (its currency) of the account made for a customer added
+    # without --account; empty: --plan must be given.
+    revalue_code_length: int = 6
+    revalue_plan: str = ""
+    # Which operator a number is with (ivr.revalue.lookup): "" for the local lookup (the
+    # ported-numbers table, else phonenumbers' carrier data; unverified), or
+    # "package.module:factory" naming a callable that takes the Settings and returns a
+    # NumberLookup backed by an HLR / number-portability provider.
+    revalue_lookup: str = ""
+
+    # The revalue line's recharge-code pools (ivr.revalue.codes): when an issue leaves a
+    # pool (an operator's codes of one value) with this many codes or fewer, a low-stock
+    # notice is e-mailed to operator_email, once until an import lifts it above the level.
+    code_low_stock: int = 20
+    # Where notices meant for whoever runs this service go (e-mail); empty: none is sent.
+    operator_email: str = ""
+
+    # Direct recharges through the operators' own interfaces (ivr.revalue.direct). Which
+    # operator is reached how: the path of a TOML file (ending in .toml), or inline
+    # entries "NAME=http:URL@TOKEN" separated by ";"; empty: none. Seconds a recharge or
+    # status request may take before its outcome counts as unknown (money kept held).
+    revalue_operators: str = ""
+    revalue_timeout: float = 10.0
+    # Where the operators' signed callbacks are taken (ivr.revalue.callbacks), host:port
+    # on loopback (a reverse proxy in front takes them from outside).
+    revalue_callback_bind: str = "127.0.0.1:8091"
+
     log_level: str = "INFO"
 
     @property
@@ -197,10 +225,15 @@ def _coerce(name: str, raw: object) -> object:
                 raise ValueError("must be at least 1")
             if name == "sip_block_failures" and value < 0:
                 raise ValueError("must be 0 (off) or more")
+            if name == "revalue_code_length" and not 4 <= value <= 12:
+                raise ValueError("must be 4 to 12")
+            if name == "code_low_stock" and value < 0:
+                raise ValueError("must be 0 or more")
             return value
         if kind is float:
             number = float(str(raw))
-            if name in ("sip_block_window", "sip_block_seconds") and not number > 0:
+            if name in ("sip_block_window", "sip_block_seconds", "revalue_timeout") \
+                    and not number > 0:
                 raise ValueError("must be more than 0")
             return number
         if name == "agi_allowed_hosts":  # CIDRs, checked here for a one-line error

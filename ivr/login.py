@@ -10,6 +10,10 @@ on any cards, are counted in ``auth_failures``; past ``callerid_max_failures`` w
 ``callerid_failure_window`` seconds that caller ID is refused until the window has
 passed. Neither card numbers nor PINs are logged: a card appears in logs as its last
 four digits.
+
+The revalue line's customers (ivr.revalue.customers) share the caller-ID count, the
+throttle and the hash checks (:func:`record_failure`, :func:`throttled`,
+:func:`secret_ok`, :func:`decoy_hash`): a caller guessing there is slowed here too.
 """
 
 from __future__ import annotations
@@ -119,11 +123,12 @@ def log_in(db: Database, number: str, pin: str, callerid: str | None, policy: Lo
     now = now or utcnow()
     with db.transaction() as s:
         card = s.scalar(select(Card).where(Card.number == number)) if number else None
-        card_id, stored = (card.id, card.pin_hash) if card is not None else (None, _decoy())
-    ok = _pin_ok(pin, stored)
+        card_id, stored = ((card.id, card.pin_hash) if card is not None
+                           else (None, decoy_hash()))
+    ok = secret_ok(pin, stored)
     if card_id is None:
         with db.transaction() as s:
-            _record_failure(s, callerid, None, now)
+            record_failure(s, callerid, None, now)
         return LoginResult(Verdict.UNKNOWN_CARD)
     return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=False)
 
@@ -150,7 +155,7 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
         if state is not None:
             return LoginResult(state, card.id)
         stored = card.pin_hash
-    ok = _pin_ok(pin, stored)
+    ok = secret_ok(pin, stored)
     return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=True)
 
 
@@ -173,14 +178,17 @@ def forget_failures(db: Database, older_than: datetime) -> int:
 # --------------------------------------------------------------------------- helpers
 
 
-def _pin_ok(pin: str, stored: str) -> bool:
+def secret_ok(pin: str, stored: str) -> bool:
+    """A typed secret (a card's PIN, a revalue customer's first code) against its
+    stored hash; an empty one is wrong without a check."""
     return bool(pin) and pin_check(pin, stored)
 
 
 @functools.cache
-def _decoy() -> str:
+def decoy_hash() -> str:
     """A PIN hash of the current cost that no typed PIN is checked against in earnest:
-    an unknown card number's PIN costs what a real card's does."""
+    an unknown card number's PIN (or an unknown customer's first code) costs what a real
+    one does."""
     return hash_pin("0000")
 
 
@@ -197,7 +205,7 @@ def _count_pin(db: Database, card_id: int, ok: bool, callerid: str | None,
         count_pin_result(card, ok, policy.pin_max_failures)
         if ok:
             return _usable(s, card, now.date())
-        _record_failure(s, callerid, card.id, now)
+        record_failure(s, callerid, card.id, now)
         if state is None and card.status is CardStatus.LOCKED:
             log.warning("card ...%s locked after %d wrong PINs", card.number[-4:],
                         card.failed_pins)
@@ -230,6 +238,8 @@ def _holder(card: Card, account: Account) -> Cardholder:
                       account.currency)
 
 
-def _record_failure(s: Session, callerid: str | None, card_id: int | None,
-                    now: datetime) -> None:
+def record_failure(s: Session, callerid: str | None, card_id: int | None,
+                   now: datetime) -> None:
+    """Count a failed log-in (a wrong PIN, card number or first code) against the
+    caller ID, for :func:`throttled`; ``card_id`` when a card's PIN was wrong."""
     s.add(AuthFailure(callerid=callerid or ANONYMOUS, card_id=card_id, at=now))

@@ -9,6 +9,10 @@
 - :mod:`.prompts`: prompts, operators
 - :mod:`.reports`: cdrs, reports
 - :mod:`.sip`: sip trunks, sip phones
+- :mod:`.codes`: codes (the revalue line's recharge-code pools)
+- :mod:`.customers`: customers, ported, lookup (the revalue line's customers and operator
+  lookup)
+- :mod:`.simulator`: operator-sim (a simulated mobile operator for direct recharges)
 
 :mod:`.common` holds what they share: refusals and output (every command is wrapped by
 ``common.command``), argument parsers, the database and the secret key.
@@ -24,13 +28,27 @@ import sys
 from collections.abc import Sequence
 
 from ..config import ConfigError, Settings, load_settings
-from . import accounts, db, prompts, rates, reports, server, sip, topups, vouchers
+from . import (
+    accounts,
+    codes,
+    customers,
+    db,
+    prompts,
+    rates,
+    reports,
+    server,
+    simulator,
+    sip,
+    topups,
+    vouchers,
+)
 from .common import EXIT_USAGE, report
 
 __all__ = ["build_parser", "main"]
 
 # In the order `ivr --help` lists them.
-GROUPS = (server, db, rates, accounts, vouchers, prompts, topups, reports, sip)
+GROUPS = (server, db, rates, accounts, vouchers, prompts, topups, reports, sip, codes,
+          customers, simulator)
 
 
 def _setup_logging(settings: Settings, verbose: bool) -> None:

@@ -136,6 +136,8 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     shown = {k: str(v) for k, v in vars(settings).items()}
     for secret in ("ami_secret", "payment_sandbox_secret", "sms_http_token", "secret_key"):
         shown[secret] = "***" if getattr(settings, secret) else ""
+    if not settings.revalue_operators.strip().endswith(".toml"):  # inline: holds tokens
+        shown["revalue_operators"] = "***" if settings.revalue_operators else ""
     if not settings.ami_secret:
         from ..secrets import AMI_SECRET_FILE
 

@@ -480,3 +480,19 @@ class RechargeCode(Base):
     imported_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     issued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), nullable=True)
+
+
+class RechargePool(Base):
+    """One pool of recharge codes (an operator's codes of one value), made by the first
+    import into it: what is remembered about the pool as a whole. ``low_stock_noticed_at``
+    is set when the low-stock notice is claimed (an issue left the pool at or below
+    ``code_low_stock``) and cleared by an import that lifts the pool above that level, so
+    the notice goes out once per dip (ivr.revalue.codes)."""
+
+    __tablename__ = "recharge_pools"
+
+    operator: Mapped[str] = mapped_column(String(64), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    value: Mapped[Decimal] = mapped_column(Money, primary_key=True)
+    low_stock_noticed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                                  nullable=True)

@@ -64,9 +64,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_recharge_codes_pool", "recharge_codes",
                     ["operator", "currency", "value", "status"])
+    op.create_table(
+        "recharge_pools",
+        sa.Column("operator", sa.String(length=64), nullable=False),
+        sa.Column("currency", sa.String(length=3), nullable=False),
+        sa.Column("value", MONEY, nullable=False),
+        sa.Column("low_stock_noticed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("operator", "currency", "value", name=op.f("pk_recharge_pools")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("recharge_pools")
     op.drop_index("ix_recharge_codes_pool", table_name="recharge_codes")
     op.drop_table("recharge_codes")
     op.drop_table("ported_numbers")
