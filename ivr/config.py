@@ -188,6 +188,17 @@ class Settings:
     # Where the operators' signed callbacks are taken (ivr.revalue.callbacks), host:port
     # on loopback (a reverse proxy in front takes them from outside).
     revalue_callback_bind: str = "127.0.0.1:8091"
+    # Revaluations (ivr.revalue.service) left unsettled (no answer from the operator, or
+    # a process that stopped mid-way) are settled from the operator's status once this
+    # many seconds old (keep it above revalue_timeout), checked every interval (0: off).
+    revalue_reconcile_after: float = 120.0
+    revalue_reconcile_interval: float = 60.0
+    # Loyalty points (ivr.revalue.loyalty): points per 1.00 of a recharge's currency
+    # (0: none), per operator "NAME=RATE;NAME=RATE" overriding it, and what a point is
+    # worth when redeemed (credit in the account's currency).
+    loyalty_points_per_unit: str = "0"
+    loyalty_operator_points: str = ""
+    loyalty_point_value: str = "0.01"
 
     log_level: str = "INFO"
 

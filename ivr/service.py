@@ -1,5 +1,6 @@
 """The server process: ``ivr serve`` builds the application (ivr.app), starts the FastAGI
-server, the call controller, recovery, the heartbeat and payment reconciliation, and
+server, the call controller, recovery, the heartbeat, payment reconciliation, the revalue
+line's callbacks endpoint and revaluation reconciliation, and
 shuts them down gracefully on SIGTERM/SIGINT."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .ami import AmiClient
     from .app import App
     from .prompts import Voice
+    from .revalue.direct import DirectRecharge
     from .sipguard import SipGuard
 
 log = logging.getLogger("ivr")
@@ -52,6 +54,26 @@ async def reconcile_payments(app: App) -> None:
             outage.ended()
 
 
+async def reconcile_revaluations(app: App, apis: Mapping[str, DirectRecharge]) -> None:
+    """Settle revaluations left unsettled with their operators (ivr.revalue.service)."""
+    from .live.servers import DatabaseOutage
+    from .revalue.service import reconcile
+
+    settings = app.settings
+    after = timedelta(seconds=settings.revalue_reconcile_after)
+    outage = DatabaseOutage("revaluation reconciliation", log)
+    while True:
+        await asyncio.sleep(settings.revalue_reconcile_interval)
+        try:
+            await reconcile(app.db, apis, older_than=after)
+        except Exception as exc:
+            if not outage.failed(exc):
+                log.exception("revaluation reconciliation failed; next try in %gs",
+                              settings.revalue_reconcile_interval)
+        else:
+            outage.ended()
+
+
 def start_sip_guard(app: App, ami: AmiClient | None) -> SipGuard:
     """Follow the box's failed SIP attempts and block their sources (ivr.sipguard),
     applying the blocks to the Asterisk instance beside the server as ``ivr sip``
@@ -75,7 +97,11 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     from .app import App
     from .live.recovery import Recovery
     from .live.servers import Lease, LeaseRefused, keep_lease
+    from .revalue.callbacks import callback_server
+    from .revalue.direct import operators_from_settings
+    from .revalue.service import callback_handler
 
+    interfaces = operators_from_settings(settings)  # a ConfigError before anything starts
     # SIGTERM/SIGINT from the start: one that comes while the server starts ends it as
     # soon as it is up, through the same graceful shutdown.
     stop = asyncio.Event()
@@ -121,6 +147,15 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     recovery.start(settings.recovery_interval)
     reconciler = (asyncio.ensure_future(reconcile_payments(app))
                   if settings.payment_reconcile_interval > 0 else None)
+    # The revalue line's operators: their callbacks endpoint (when any is configured) and
+    # the reconciler of revaluations left unsettled.
+    apis = {name: interfaces[name].client() for name in interfaces}
+    callbacks = (callback_server(interfaces.callback_secrets(), callback_handler(app.db),
+                                 settings.revalue_callback_bind) if apis else None)
+    if callbacks is not None:
+        await callbacks.start()
+    revalue_reconciler = (asyncio.ensure_future(reconcile_revaluations(app, apis))
+                          if settings.revalue_reconcile_interval > 0 else None)
     heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
     guard = start_sip_guard(app, ami)
     if on_started:
@@ -130,6 +165,12 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     await server.shutdown(settings.shutdown_grace)
     if reconciler is not None:
         reconciler.cancel()
+    if revalue_reconciler is not None:
+        revalue_reconciler.cancel()
+    if callbacks is not None:
+        await callbacks.stop()
+    for api in apis.values():
+        await api.aclose()
     await guard.close()
     await recovery.close()
     await app.close()  # controllers, then the charging session's background work

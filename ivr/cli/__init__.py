@@ -13,6 +13,8 @@
 - :mod:`.customers`: customers, ported, lookup (the revalue line's customers and operator
   lookup)
 - :mod:`.simulator`: operator-sim (a simulated mobile operator for direct recharges)
+- :mod:`.revaluations`, :mod:`.loyalty`: revaluations, loyalty (the revalue line's
+  recharges and loyalty points)
 
 :mod:`.common` holds what they share: refusals and output (every command is wrapped by
 ``common.command``), argument parsers, the database and the secret key.
@@ -33,9 +35,11 @@ from . import (
     codes,
     customers,
     db,
+    loyalty,
     prompts,
     rates,
     reports,
+    revaluations,
     server,
     simulator,
     sip,
@@ -48,7 +52,7 @@ __all__ = ["build_parser", "main"]
 
 # In the order `ivr --help` lists them.
 GROUPS = (server, db, rates, accounts, vouchers, prompts, topups, reports, sip, codes,
-          customers, simulator)
+          customers, simulator, revaluations, loyalty)
 
 
 def _setup_logging(settings: Settings, verbose: bool) -> None:

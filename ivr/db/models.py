@@ -2,7 +2,8 @@
 
 Money columns are :class:`~ivr.db.types.Money` (exact integer micro-units). An account's
 ``balance`` is a cache of the sum of its ledger entries, updated in the same transaction
-as each entry; ``reserved`` is the sum of its live reservations.
+as each entry; ``reserved`` is the sum of its live reservations and of the amounts
+held for its revalue-line recharges (ivr.revalue.service).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ class EntryKind(enum.StrEnum):
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     VOUCHER = "voucher"
+    # A mobile recharge bought on the revalue line (negative; ref: its request id).
+    REVALUATION = "revaluation"
+    # Loyalty points turned into credit (ivr.revalue.loyalty).
+    LOYALTY = "loyalty"
 
 
 class ReservationStatus(enum.StrEnum):
@@ -496,3 +501,62 @@ class RechargePool(Base):
     value: Mapped[Decimal] = mapped_column(Money, primary_key=True)
     low_stock_noticed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
                                                                   nullable=True)
+
+
+class Revaluation(Base):
+    """One mobile recharge bought on the revalue line (ivr.revalue.service): what was
+    asked, how it is paid, and where it stands (``state``, one of
+    ``ivr.revalue.service.State``; each change is a :class:`RevaluationEvent` written in
+    the same transaction). ``request_id`` is ours and is the idempotency key sent to the
+    operator, the ref of the revaluation's ledger entries and of its loyalty points.
+    ``points`` are the loyalty points the recharge earns (granted when it is captured)."""
+
+    __tablename__ = "revaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    msisdn: Mapped[str] = mapped_column(String(16))
+    operator: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(8))  # code, direct
+    amount: Mapped[Decimal] = mapped_column(Money)
+    currency: Mapped[str] = mapped_column(String(3))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    pay: Mapped[str] = mapped_column(String(16))  # account, saved-method
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    code_id: Mapped[int | None] = mapped_column(ForeignKey("recharge_codes.id"), nullable=True)
+    operator_ref: Mapped[str] = mapped_column(String(128), default="")
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    points: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RevaluationEvent(Base):
+    """A revaluation's state history: one row per state change, append-only."""
+
+    __tablename__ = "revaluation_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revaluation_id: Mapped[int] = mapped_column(ForeignKey("revaluations.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(String(200), default="")
+
+
+class LoyaltyEntry(Base):
+    """Loyalty points of a revalue-line customer, append-only: ``points`` signed (earned
+    by a recharge, taken back with its refund, spent by a redemption). ``ref`` is unique
+    per ``kind`` (a recharge's request id; a redemption's own id), so each is written
+    once."""
+
+    __tablename__ = "loyalty_entries"
+    __table_args__ = (UniqueConstraint("kind", "ref", name="uq_loyalty_entries_kind_ref"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    points: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # grant, reverse, redeem
+    ref: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -392,32 +392,39 @@ def issue(
     not decrypt (nothing is issued then)."""
     pool = Pool.of(operator, value, currency)
     keys = CodeKeys.derive(key)
-    now = datetime.now(UTC)
     with db.transaction() as s:
-        if s.get(Customer, customer_id) is None:
-            raise LookupError(f"no customer {customer_id}")
-        row = s.execute(
-            select(RechargeCode)
-            .where(*_codes_of(pool), RechargeCode.status == AVAILABLE)
-            .order_by(RechargeCode.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).scalar_one_or_none()
-        if row is None:
-            log.info("no recharge code left in %s for customer %d", pool.label(), customer_id)
-            return NONE_LEFT
-        code = decrypt_code(row.code_enc, pool, keys)
-        row.status, row.issued_at, row.customer_id = ISSUED, now, customer_id
-        s.flush()
-        _lock_pool(s, pool)  # before counting: see the module's "Low stock"
-        remaining = _available(s, pool)
-        notice = None
-        if remaining <= low_stock and rows_changed(s.execute(
-                update(RechargePool)
-                .where(*_pool_is(pool), RechargePool.low_stock_noticed_at.is_(None))
-                .values(low_stock_noticed_at=now))) == 1:
-            notice = LowStock(pool.operator, pool.value, pool.currency, remaining, low_stock)
-        code_id = row.id
+        return issue_in(s, pool, keys, customer_id, low_stock, datetime.now(UTC))
+
+
+def issue_in(s: Session, pool: Pool, keys: CodeKeys, customer_id: int, low_stock: int,
+             now: datetime) -> Issued | Literal[NoneLeft.NONE_LEFT]:
+    """:func:`issue` inside the caller's transaction ``s`` (the revaluation service issues
+    a code and takes its price in one transaction): the code is issued when ``s``
+    commits, and is available again if it rolls back."""
+    if s.get(Customer, customer_id) is None:
+        raise LookupError(f"no customer {customer_id}")
+    row = s.execute(
+        select(RechargeCode)
+        .where(*_codes_of(pool), RechargeCode.status == AVAILABLE)
+        .order_by(RechargeCode.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).scalar_one_or_none()
+    if row is None:
+        log.info("no recharge code left in %s for customer %d", pool.label(), customer_id)
+        return NONE_LEFT
+    code = decrypt_code(row.code_enc, pool, keys)
+    row.status, row.issued_at, row.customer_id = ISSUED, now, customer_id
+    s.flush()
+    _lock_pool(s, pool)  # before counting: see the module's "Low stock"
+    remaining = _available(s, pool)
+    notice = None
+    if remaining <= low_stock and rows_changed(s.execute(
+            update(RechargePool)
+            .where(*_pool_is(pool), RechargePool.low_stock_noticed_at.is_(None))
+            .values(low_stock_noticed_at=now))) == 1:
+        notice = LowStock(pool.operator, pool.value, pool.currency, remaining, low_stock)
+    code_id = row.id
     log.info("recharge code #%d of %s issued to customer %d; %d left", code_id, pool.label(),
              customer_id, remaining)
     return Issued(code_id, code, remaining, notice)
