@@ -185,3 +185,24 @@ async def test_a_caller_id_with_other_characters_counts_as_withheld(
     assert "welcome-back" not in caller.heard
     assert cdrs(access_line) == []
     assert access_line.server.stats.failed == 0
+
+
+async def test_an_invite_from_an_unknown_address_is_refused(
+    access_line: AccessLine, asterisk, tmp_path: Path, test_settings, sip_port: int,
+):
+    """A UA on an address no trunk matches, with no account: challenged, it has nothing
+    to answer with, and the call never reaches a line; the security log names it."""
+    first = test_settings.rtp_end + 200
+    ua = SipUA(tmp_path / "stranger", user="15550009999", listen_host="127.0.0.5",
+               rtp_ports=(first, first + 99))
+    await ua.start()
+    try:
+        await ua.dial(f"sip:100@127.0.0.1:{sip_port}")
+        reason = await ua.wait_closed(timeout=15)
+    finally:
+        await ua.stop()
+    assert reason.startswith(("401", "403", "407")), reason
+    assert "CALL_ESTABLISHED" not in [e.get("type") for e in ua.events]
+    assert access_line.server.stats.accepted == 0
+    log = asterisk.host(f"{asterisk.state_dir}/log/security.log")
+    assert "127.0.0.5" in (log.read_text() if log.exists() else ""), "not in security.log"
