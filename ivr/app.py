@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .money.notify import Sender
     from .payments import PaymentGateway
     from .prompts import Voice
+    from .revalue.ivr_operator import PendingIvrRecharge
 
 log = logging.getLogger("ivr.app")
 
@@ -53,6 +54,9 @@ class App:
     asterisks: dict[str, CallController] = field(default_factory=dict)
     # (loop time read, the outbound trunk or None): see dial_target
     _outbound: tuple[float, Outbound | None] | None = field(default=None, repr=False)
+    # IVR-to-IVR recharges being dialled, by request id (ivr.revalue.ivr_operator): the
+    # route `revalue-ivr` of the answered call takes its request from here.
+    ivr_recharges: dict[str, PendingIvrRecharge] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None,

@@ -84,8 +84,9 @@ class Settings:
     rtp_start: int = 10000
     rtp_end: int = 20000
     # Dialled numbers (a trunk's DIDs, a phone's short numbers) and the line each reaches:
-    # "number=line,..." with lines access and operator. Any other number is refused (404).
-    sip_lines: str = "100=access,300=operator"
+    # "number=line,..." with lines access, revalue and operator. Any other number is
+    # refused (404).
+    sip_lines: str = "100=access,200=revalue,300=operator"
     # Failed SIP attempts (unknown address or user, wrong password, as Asterisk's security
     # events report them) from one source address that block it: sip_block_failures
     # within sip_block_window seconds block it for sip_block_seconds (ivr.sipguard);
@@ -199,6 +200,15 @@ class Settings:
     loyalty_points_per_unit: str = "0"
     loyalty_operator_points: str = ""
     loyalty_point_value: str = "0.01"
+    # The revalue line's flow (ivr.flows.revalue). The amounts offered per operator,
+    # "NAME=5,10,20;*=5,10" ("*": any other operator; empty: none offered), in the
+    # customer's account's currency, at most 9 each; the default chosen by # when it is
+    # one of them; the prompt ids played in turn while a recharge is made; and the
+    # seconds the caller waits for it before being told it is pending (confirmed by SMS).
+    revalue_products: str = "*=5,10,20"
+    revalue_default_amount: str = "10"
+    revalue_wait_prompts: str = "recharge-in-progress,revalue-advert"
+    revalue_wait_timeout: float = 20.0
 
     log_level: str = "INFO"
 
@@ -243,7 +253,8 @@ def _coerce(name: str, raw: object) -> object:
             return value
         if kind is float:
             number = float(str(raw))
-            if name in ("sip_block_window", "sip_block_seconds", "revalue_timeout") \
+            if name in ("sip_block_window", "sip_block_seconds", "revalue_timeout",
+                        "revalue_wait_timeout") \
                     and not number > 0:
                 raise ValueError("must be more than 0")
             return number

@@ -66,9 +66,10 @@ match = 127.0.0.1
 SIP_OBJECTS_FILE = "pjsip-objects.conf"
 
 # The lines a called number may reach over SIP (setting sip_lines) and their contexts.
-SIP_LINE_CONTEXTS = {"access": "ivr-access", "operator": "ivr-operator"}
+SIP_LINE_CONTEXTS = {"access": "ivr-access", "operator": "ivr-operator",
+                     "revalue": "ivr-revalue"}
 # Lines that exist in the product's plan but not in this version: a clear error.
-SIP_LINES_TO_COME = {"revalue": "the revalue line is not available in this version"}
+SIP_LINES_TO_COME: dict[str, str] = {}
 
 
 def sip_line_routes(spec: str) -> dict[str, str]:

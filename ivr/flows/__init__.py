@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 from .access import access
 from .hello import hello
 from .operator import operator
+from .revalue import revalue
+from .revalue_ivr import revalue_ivr
 from .topup import topup
 from .whisper import whisper
 
@@ -18,6 +20,8 @@ ROUTES: dict[str, Route] = {
     "access": access,
     "hello": hello,
     "operator": operator,
+    "revalue": revalue,
+    "revalue-ivr": revalue_ivr,
     "topup": topup,
     "whisper": whisper,
 }

@@ -37,11 +37,15 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 
 from ..config import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from ..app import App
+    from .ivr_operator import IvrOperator
 
 log = logging.getLogger("ivr.revalue.direct")
 
@@ -336,13 +340,20 @@ def check_url(url: str) -> str:
 
 # --------------------------------------------------------------------------- settings
 
-INTERFACES = ("http",)
+INTERFACES = ("http", "ivr")
+# The number an "ivr" operator is dialled at: digits (E.164 without "+", or whatever the
+# trunk expects), as App.dial_target takes them.
+_IVR_NUMBER = re.compile(r"[0-9]{2,20}")
+# The second code (PIN) an "ivr" operator gave us: keypad digits, sent as DTMF.
+_IVR_CODE = re.compile(r"[0-9*]{0,32}")
 
 
 @dataclass(frozen=True)
 class OperatorInterface:
     """How one operator is reached for direct recharges. ``callback_secret`` signs its
-    callbacks (by default its token)."""
+    callbacks (by default its token). An ``ivr`` operator has a ``number`` (its own
+    revalue line, dialled through the trunk) and a ``code`` sent with each request
+    instead of a URL and a token."""
 
     operator: str
     kind: str
@@ -350,9 +361,19 @@ class OperatorInterface:
     token: str = field(default="", repr=False)
     timeout: float = 10.0
     callback_secret: bytes = field(default=b"", repr=False)
+    number: str = ""
+    code: str = field(default="", repr=False)
 
-    def client(self) -> HttpOperatorApi:
-        """The :class:`DirectRecharge` for this operator (close it after use)."""
+    def client(self, app: App | None = None) -> HttpOperatorApi | IvrOperator:
+        """The :class:`DirectRecharge` for this operator (close it after use). An ``ivr``
+        operator places calls through ``app`` (its outbound trunk and Asterisk
+        connection); without one it can only answer :meth:`~DirectRecharge.status`
+        (UNKNOWN), as ``ivr revaluations reconcile`` needs."""
+        if self.kind == "ivr":
+            from .ivr_operator import IvrOperator
+
+            return IvrOperator(app, self.number, self.code, self.timeout,
+                               operator=self.operator)
         return HttpOperatorApi(self.url, self.token, self.timeout, operator=self.operator)
 
 
@@ -400,10 +421,26 @@ def _interface(operator: str, kind: str, url: str, token: str, timeout: float,
     return OperatorInterface(operator.strip(), kind, url, token, timeout, secret.encode())
 
 
+def _ivr_interface(operator: str, number: str, code: str, timeout: float,
+                   where: str) -> OperatorInterface:
+    if not operator.strip() or len(operator.strip()) > 64:
+        raise ConfigError(f"{where}: the operator's name must be 1 to 64 characters")
+    number = number.strip().removeprefix("+")
+    if not _IVR_NUMBER.fullmatch(number):
+        raise ConfigError(f"{where}: the operator's IVR number must be 2 to 20 digits")
+    if not _IVR_CODE.fullmatch(code.strip()):
+        raise ConfigError(f"{where}: the code must be at most 32 keypad digits (0-9, *)")
+    if not timeout > 0:
+        raise ConfigError(f"{where}: timeout must be more than 0 seconds")
+    return OperatorInterface(operator.strip(), "ivr", "", timeout=timeout, number=number,
+                             code=code.strip())
+
+
 def parse_operators(text: str, timeout: float = 10.0) -> OperatorInterfaces:
     """The inline form of ``revalue_operators``: entries ``NAME=http:URL@TOKEN`` separated
     by ``;`` or new lines (the token after the last ``@``, empty for none; it also signs
-    the operator's callbacks). ConfigError names the bad entry."""
+    the operator's callbacks), or ``NAME=ivr:NUMBER`` (``NAME=ivr:NUMBER@CODE`` with the
+    code the operator gave us). ConfigError names the bad entry."""
     found = []
     for number, entry in enumerate(re.split(r"[;\n]", text), 1):
         entry = entry.strip()
@@ -413,7 +450,11 @@ def parse_operators(text: str, timeout: float = 10.0) -> OperatorInterfaces:
         name, eq, spec = entry.partition("=")
         kind, colon, rest = spec.partition(":")
         if not eq or not colon:
-            raise ConfigError(f"{where}: write NAME=http:URL@TOKEN")
+            raise ConfigError(f"{where}: write NAME=http:URL@TOKEN or NAME=ivr:NUMBER")
+        if kind.strip() == "ivr":
+            ivr_number, _, code = rest.partition("@")
+            found.append(_ivr_interface(name, ivr_number, code, timeout, where))
+            continue
         url, at, token = rest.rpartition("@")
         if not at:
             raise ConfigError(f"{where}: no @TOKEN after the URL (write URL@ for none)")
@@ -425,7 +466,9 @@ def parse_operators(text: str, timeout: float = 10.0) -> OperatorInterfaces:
 def load_operators_file(path: Path, timeout: float = 10.0) -> OperatorInterfaces:
     """The TOML form: one table per operator, ``[operators."NAME"]`` with ``interface``
     ("http"), ``url``, and optionally ``token``, ``timeout`` (seconds) and
-    ``callback_secret`` (default: the token)."""
+    ``callback_secret`` (default: the token); or ``interface = "ivr"`` with ``number``
+    and optionally ``code`` and ``timeout`` (the whole call, from dialling to the
+    acknowledgement)."""
     try:
         table = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -441,10 +484,14 @@ def load_operators_file(path: Path, timeout: float = 10.0) -> OperatorInterfaces
         raise ConfigError(f"{path}: operators must be tables: [operators.\"NAME\"]")
     found = []
     allowed = {"interface", "url", "token", "timeout", "callback_secret"}
+    allowed_ivr = {"interface", "number", "code", "timeout"}
     for name, spec in operators.items():
         where = f"{path}: [operators.{name!r}]"
         if not isinstance(spec, dict):
             raise ConfigError(f"{where}: not a table")
+        if spec.get("interface") == "ivr":
+            found.append(_ivr_from_table(name, spec, allowed_ivr, timeout, where))
+            continue
         extra = set(spec) - allowed
         if extra:
             raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r} (known: "
@@ -461,6 +508,24 @@ def load_operators_file(path: Path, timeout: float = 10.0) -> OperatorInterfaces
             raise ConfigError(f"{where}: timeout must be a number of seconds")
         found.append(_interface(name, kind, url, token, float(each), secret, where))
     return OperatorInterfaces(found)
+
+
+def _ivr_from_table(name: str, spec: dict[str, Any], allowed: set[str], timeout: float,
+                    where: str) -> OperatorInterface:
+    extra = set(spec) - allowed
+    if extra:
+        raise ConfigError(f"{where}: unknown key {sorted(extra)[0]!r} (known for "
+                          f"interface \"ivr\": {', '.join(sorted(allowed))})")
+    number, code = spec.get("number"), spec.get("code", "")
+    each = spec.get("timeout", timeout)
+    if not isinstance(number, str):
+        raise ConfigError(f"{where}: number missing or not a string")
+    if not isinstance(code, str):
+        raise ConfigError(f"{where}: code must be a string (quote it: digits may start "
+                          "with 0)")
+    if isinstance(each, bool) or not isinstance(each, int | float):
+        raise ConfigError(f"{where}: timeout must be a number of seconds")
+    return _ivr_interface(name, number, code, float(each), where)
 
 
 def operators_from_settings(settings: Settings) -> OperatorInterfaces:

@@ -14,8 +14,9 @@ from ivr.asterisk.instance import (
 from ivr.config import Settings
 
 
-def test_the_default_lines_are_the_access_and_operator_numbers():
-    assert sip_line_routes(Settings().sip_lines) == {"100": "ivr-access", "300": "ivr-operator"}
+def test_the_default_lines_are_the_access_revalue_and_operator_numbers():
+    assert sip_line_routes(Settings().sip_lines) == {"100": "ivr-access", "200": "ivr-revalue",
+                                                     "300": "ivr-operator"}
     assert sip_lines_dialplan("18005550100=access, 300=operator").splitlines() == [
         "exten => 18005550100,1,Goto(ivr-access,s,1)",
         "exten => 300,1,Goto(ivr-operator,s,1)",
@@ -23,7 +24,6 @@ def test_the_default_lines_are_the_access_and_operator_numbers():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("200=revalue", "not available in this version"),
     ("100=voicemail", "unknown line"),
     ("1=access", "2 or more digits"),
     ("1&00=access", "2 or more digits"),
