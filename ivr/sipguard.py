@@ -52,6 +52,7 @@ SERVICE = "PJSIP"  # AMI logins raise the same events; they are loopback only
 # ChallengeResponseFailed follows the InvalidAccountID of the same request, counted already.
 UNKNOWN_ACCOUNT = "<unknown>"
 CHECK_INTERVAL = 5.0  # seconds between looks at the blocks in the database
+CLOSE_TIMEOUT = 5.0  # seconds close() waits for the loop and block tasks to end
 MAX_SOURCES = 10_000  # addresses counted at once (a spoofed-source flood stays bounded)
 
 
@@ -271,6 +272,7 @@ class SipGuard:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._unsubscribe: Callable[[], None] | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._closed = False
         self._unapplied_warned = False
 
     def start(self) -> None:
@@ -279,15 +281,20 @@ class SipGuard:
         self._loop = asyncio.ensure_future(self._run())
 
     async def close(self) -> None:
+        """Stop following events and looking at the table. The loop also ends by its own
+        flag: a cancellation can be lost when it lands as a database step completes
+        (``asyncio.wait_for`` in Python 3.11), and the server's shutdown must not wait
+        on a loop that went on."""
+        self._closed = True
+        self._wake.set()
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
         tasks = [t for t in (self._loop, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
         self._loop = None
 
     # ------------------------------------------------------------------ events
@@ -343,6 +350,12 @@ class SipGuard:
             live = frozenset(look.live)
             if live == self.applied:
                 return
+            if self.applied is None and not live and not look.ended:
+                # The first look, with no block live or just ended: the instance's
+                # objects were written from this table when it started (`ivr run`,
+                # `ivr asterisk up`), so there is nothing to reload.
+                self.applied = live
+                return
             try:
                 done = await asyncio.to_thread(self._apply)
             except Exception as exc:
@@ -371,13 +384,15 @@ class SipGuard:
             return _Look(live, drop_ended(s, now))
 
     async def _run(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 await self.check()
             except Exception as exc:
                 log.error("SIP blocks not checked (%s); next look in %gs", exc,
                           self.check_interval)
             self.counter.prune()
+            if self._closed:
+                return
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._next_look())
