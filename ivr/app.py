@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .money.notify import Sender
     from .payments import PaymentGateway
     from .prompts import Voice
+    from .revalue.direct import DirectRecharge, OperatorInterface
     from .revalue.ivr_operator import PendingIvrRecharge
 
 log = logging.getLogger("ivr.app")
@@ -57,6 +58,10 @@ class App:
     # IVR-to-IVR recharges being dialled, by request id (ivr.revalue.ivr_operator): the
     # route `revalue-ivr` of the answered call takes its request from here.
     ivr_recharges: dict[str, PendingIvrRecharge] = field(default_factory=dict, repr=False)
+    # The direct-recharge client of each operator the line has used (by operator name,
+    # case folded), kept for the server's life: an HTTP client's connection pool and
+    # TLS context cost about 30 ms of CPU to make, more than the recharge itself.
+    _operator_clients: dict[str, DirectRecharge] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None,
@@ -97,6 +102,20 @@ class App:
             await controller.close()
         self.asterisks.clear()
         await self.charging.aclose()
+        clients, self._operator_clients = self._operator_clients, {}
+        for client in clients.values():
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
+
+    def operator_client(self, interface: OperatorInterface) -> DirectRecharge:
+        """The operator's direct-recharge client, made on first use and kept (closed by
+        :meth:`close`)."""
+        key = interface.operator.casefold()
+        client = self._operator_clients.get(key)
+        if client is None:
+            client = self._operator_clients[key] = interface.client(self)
+        return client
 
     def dispose(self) -> None:
         self.db.dispose()
