@@ -9,10 +9,11 @@ variable is the key in upper case: ``IVR_AGI_PORT=4600``.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,19 @@ def load_settings(
             values[name] = _coerce(name, raw)
     # Each value has its field's type (_coerce), which one dict's value type cannot say.
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def plugin_factory(setting: str, spec: str, default: str) -> Callable[[Settings], Any]:
+    """The factory a plug-in setting names ("package.module:factory", a callable taking
+    the settings): the payment gateway, the operator lookup. ``default`` says, for the
+    error, what else the setting may be."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{setting}: {spec!r} is neither {default} nor "
+                          "'package.module:factory'")
+    try:
+        factory: Callable[[Settings], Any] = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{setting} {spec!r}: {exc}") from None
+    return factory
+

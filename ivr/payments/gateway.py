@@ -13,12 +13,11 @@ the gateway.
 from __future__ import annotations
 
 import enum
-import importlib
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from ..config import ConfigError, Settings
+from ..config import Settings, plugin_factory
 from .cards import CardDetails
 
 
@@ -71,13 +70,6 @@ def gateway_from_settings(settings: Settings) -> PaymentGateway:
 
         return SandboxGateway(settings.payment_sandbox_secret.encode(),
                               timeout=settings.payment_timeout)
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"payment_gateway: {name!r} is neither 'sandbox' nor "
-                          "'package.module:factory'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"payment_gateway {name!r}: {exc}") from None
+    factory = plugin_factory("payment_gateway", name, "'sandbox'")
     gateway: PaymentGateway = factory(settings)
     return gateway

@@ -24,7 +24,6 @@ Numbers are E.164 with the ``+`` (:func:`parse_msisdn`).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -36,7 +35,7 @@ import phonenumbers
 from phonenumbers import PhoneNumberType, carrier
 from sqlalchemy import delete, select
 
-from ..config import ConfigError, Settings
+from ..config import ConfigError, Settings, plugin_factory
 from ..db import Database, rows_changed
 from ..db.models import PortedNumber
 
@@ -283,13 +282,6 @@ def lookup_from_settings(settings: Settings, db: Database) -> NumberLookup:
     name = settings.revalue_lookup.strip()
     if not name:
         return LocalLookup(db)
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"revalue_lookup: {name!r} is neither '' (the local lookup) nor "
-                          "'package.module:factory'")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"revalue_lookup {name!r}: {exc}") from None
+    factory = plugin_factory("revalue_lookup", name, "'' (the local lookup)")
     lookup: NumberLookup = factory(settings)
     return lookup
