@@ -9,17 +9,16 @@ import argparse
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from ..config import Settings
 from ..db import Database
-from ..db.models import RatingPlan
 from .common import (
     CommandError,
     check_decimals,
     command,
+    currency_decimals,
     emit,
     money,
+    only_currency,
     open_db,
     parse_amount,
     secret_key,
@@ -98,7 +97,7 @@ def _value(db: Database, args: argparse.Namespace) -> tuple[Decimal, str, int]:
     value = parse_amount(args.value, "--value")
     if value <= 0:
         raise CommandError(f"--value: {args.value} is not positive", "bad_amount")
-    currency = (args.currency or _only_currency(db)).strip().upper()
+    currency = (args.currency or only_currency(db)).strip().upper()
     decimals = _decimals(db, currency)
     check_decimals(value, decimals, f"the {currency} plans", "--value")
     return value, currency, decimals
@@ -106,20 +105,8 @@ def _value(db: Database, args: argparse.Namespace) -> tuple[Decimal, str, int]:
 
 def _decimals(db: Database, currency: str) -> int:
     """The decimals amounts in ``currency`` are shown with (its finest plan's; 2)."""
-    with db.reading() as s:
-        found = s.scalar(select(func.max(RatingPlan.decimals))
-                         .where(RatingPlan.currency == currency.upper()))
+    found = currency_decimals(db, currency)
     return 2 if found is None else found
-
-
-def _only_currency(db: Database) -> str:
-    """The currency of the rating plans, when they all share one (--currency otherwise)."""
-    with db.reading() as s:
-        currencies = sorted(set(s.scalars(select(RatingPlan.currency))))
-    if len(currencies) != 1:
-        raise CommandError("give --currency" + (f" (plans use {', '.join(currencies)})"
-                                                if currencies else ""), "missing_option")
-    return currencies[0]
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

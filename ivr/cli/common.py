@@ -228,3 +228,31 @@ def secret_key(settings: Settings) -> bytes:
     from ..secrets import load_secret_key
 
     return load_secret_key(settings.secret_key, settings.data_dir / "secret.key")
+
+
+def currency_decimals(db: Database, currency: str) -> int | None:
+    """The decimals amounts in ``currency`` are shown with (its finest plan's), None
+    when no plan is in that currency."""
+    from sqlalchemy import func, select
+
+    from ..db.models import RatingPlan
+
+    with db.reading() as s:
+        found: int | None = s.scalar(select(func.max(RatingPlan.decimals))
+                                     .where(RatingPlan.currency == currency.upper()))
+    return found
+
+
+def only_currency(db: Database) -> str:
+    """The currency of the rating plans, when they all share one (--currency otherwise)."""
+    from sqlalchemy import select
+
+    from ..db.models import RatingPlan
+
+    with db.reading() as s:
+        currencies = sorted(set(s.scalars(select(RatingPlan.currency))))
+    if len(currencies) != 1:
+        raise CommandError("give --currency" + (f" (plans use {', '.join(currencies)})"
+                                                if currencies else ""), "missing_option")
+    return currencies[0]
+

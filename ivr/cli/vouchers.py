@@ -6,18 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 from ..config import Settings
-from ..db import Database
-from ..db.models import RatingPlan
 from .common import (
-    CommandError,
     check_decimals,
     command,
+    currency_decimals,
     day_arg,
     emit,
     money,
+    only_currency,
     open_db,
     parse_amount,
     secret_key,
@@ -34,8 +31,8 @@ def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
     key = secret_key(settings)
     if args.action == "generate":
         value = parse_amount(args.value, "--value")
-        currency = args.currency or _only_currency(db)
-        decimals = _currency_decimals(db, currency)
+        currency = args.currency or only_currency(db)
+        decimals = currency_decimals(db, currency)
         if decimals is not None:
             check_decimals(value, decimals, f"the {currency.upper()} plans", "--value")
         vouchers = generate(db, args.count, value, currency, Path(args.out),
@@ -50,7 +47,7 @@ def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     info = (find(db, args.code, key=key) if args.action == "show"
             else void(db, args.code, key=key))
-    decimals = _currency_decimals(db, info.currency)
+    decimals = currency_decimals(db, info.currency)
     data = {"voucher": f"...{info.last4}", "status": info.status.value,
             "value": money(info.value, 2 if decimals is None else decimals),
             "currency": info.currency, "batch": info.batch,
@@ -64,23 +61,6 @@ def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
         text += f", redeemed by account {info.redeemed_by} at {info.redeemed_at:%Y-%m-%d %H:%M}"
     emit(args, data, text)
     return 0
-
-
-def _currency_decimals(db: Database, currency: str) -> int | None:
-    """The decimals amounts in ``currency`` are shown with (its finest plan's), if any."""
-    with db.transaction() as s:
-        return s.scalar(select(func.max(RatingPlan.decimals))
-                        .where(RatingPlan.currency == currency.upper()))
-
-
-def _only_currency(db: Database) -> str:
-    """The currency of the rating plans, when they all share one (--currency otherwise)."""
-    with db.transaction() as s:
-        currencies = sorted(set(s.scalars(select(RatingPlan.currency))))
-    if len(currencies) != 1:
-        raise CommandError("give --currency" + (f" (plans use {', '.join(currencies)})"
-                                                if currencies else ""), "missing_option")
-    return currencies[0]
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
