@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .app import App
     from .prompts import Voice
     from .revalue.direct import DirectRecharge
+    from .revalue.service import Notify
     from .sipguard import SipGuard
 
 log = logging.getLogger("ivr")
@@ -54,8 +55,18 @@ async def reconcile_payments(app: App) -> None:
             outage.ended()
 
 
-async def reconcile_revaluations(app: App, apis: Mapping[str, DirectRecharge]) -> None:
-    """Settle revaluations left unsettled with their operators (ivr.revalue.service)."""
+def revalue_notifier(app: App, ami: AmiClient | None) -> Notify:
+    """The SMS of a revaluation settled by a callback or the reconciler, through the
+    app's SMS sender (``sms_mode``; ivr.revalue.messages)."""
+    from .revalue.messages import sms_notifier
+
+    return sms_notifier(lambda: app.notice_senders(ami)[1])
+
+
+async def reconcile_revaluations(app: App, apis: Mapping[str, DirectRecharge],
+                                 notify: Notify | None = None) -> None:
+    """Settle revaluations left unsettled with their operators (ivr.revalue.service);
+    ``notify`` tells the customer of each one settled."""
     from .live.servers import DatabaseOutage
     from .revalue.service import reconcile
 
@@ -65,7 +76,7 @@ async def reconcile_revaluations(app: App, apis: Mapping[str, DirectRecharge]) -
     while True:
         await asyncio.sleep(settings.revalue_reconcile_interval)
         try:
-            await reconcile(app.db, apis, older_than=after)
+            await reconcile(app.db, apis, older_than=after, notify=notify)
         except Exception as exc:
             if not outage.failed(exc):
                 log.exception("revaluation reconciliation failed; next try in %gs",
@@ -149,12 +160,15 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
                   if settings.payment_reconcile_interval > 0 else None)
     # The revalue line's operators: their callbacks endpoint (when any is configured) and
     # the reconciler of revaluations left unsettled.
+    # Each recharge they settle is told to its customer by SMS.
     apis = {name: interfaces[name].client() for name in interfaces}
-    callbacks = (callback_server(interfaces.callback_secrets(), callback_handler(app.db),
+    told = revalue_notifier(app, ami)
+    callbacks = (callback_server(interfaces.callback_secrets(),
+                                 callback_handler(app.db, notify=told),
                                  settings.revalue_callback_bind) if apis else None)
     if callbacks is not None:
         await callbacks.start()
-    revalue_reconciler = (asyncio.ensure_future(reconcile_revaluations(app, apis))
+    revalue_reconciler = (asyncio.ensure_future(reconcile_revaluations(app, apis, told))
                           if settings.revalue_reconcile_interval > 0 else None)
     heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
     guard = start_sip_guard(app, ami)

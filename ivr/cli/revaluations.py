@@ -5,6 +5,7 @@ the id of the code issued."""
 from __future__ import annotations
 
 import argparse
+import sys
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,10 @@ from ..config import Settings
 from .common import CommandError, command, emit, money, open_db, whole_arg, with_json
 
 if TYPE_CHECKING:
-    from ..revalue.service import RevaluationInfo
+    from ..ami import AmiClient
+    from ..revalue.service import Notify, RevaluationInfo
+
+AMI_TIMEOUT = 10.0  # seconds to reach Asterisk when the SMS goes through it
 
 
 def _row(r: RevaluationInfo) -> dict[str, Any]:
@@ -75,11 +79,20 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> list[Any]:
         apis = {name: interfaces[name].client() for name in interfaces}
+        ami = await _ami_for_sms(settings)
+        notify = None
         try:
-            return await reconcile(db, apis, older_than=older)
+            notify = _sms_notify(settings, ami)
+        except ValueError as exc:
+            print(f"ivr revaluations reconcile: no SMS of settled recharges: {exc}",
+                  file=sys.stderr)
+        try:
+            return await reconcile(db, apis, older_than=older, notify=notify)
         finally:
             for api in apis.values():
                 await api.aclose()
+            if ami is not None:
+                await ami.close()
 
     decided = asyncio.run(run())
     rows = [{"request_id": o.request_id, "state": o.state.value, "amount": money(o.amount),
@@ -88,6 +101,31 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
                      + (f" ({r['reason']})" if r["reason"] else "") for r in rows)
     emit(args, {"reconciled": rows}, text or "no revaluations left to reconcile")
     return 0
+
+
+async def _ami_for_sms(settings: Settings) -> AmiClient | None:
+    """An AMI connection when the SMS goes through Asterisk (``sms_mode`` ami); None when
+    it does not, or when Asterisk cannot be reached (said on stderr)."""
+    if settings.sms_mode.strip().lower() != "ami":
+        return None
+    from ..ami import AmiClient, AmiError
+
+    ami = AmiClient.from_settings(settings, events="off")
+    try:
+        await ami.connect(timeout=AMI_TIMEOUT)
+    except AmiError as exc:
+        print(f"ivr revaluations reconcile: {exc}", file=sys.stderr)
+        return None
+    return ami
+
+
+def _sms_notify(settings: Settings, ami: AmiClient | None) -> Notify:
+    """The customers' SMS of what the reconciler settles (ValueError: none can be sent)."""
+    from ..money.notify import senders_from_settings
+    from ..revalue.messages import sms_notifier
+
+    sms = senders_from_settings(settings, ami=ami)[1]
+    return sms_notifier(lambda: sms)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..agi import AgiSession
 from ..config import ConfigError, Settings
-from ..db.types import display
 from ..login import LoginPolicy
 from ..numbers import keypad_digits, normalise_callerid
 from ..revalue import codes, loyalty
@@ -46,6 +45,7 @@ from ..revalue import service as svc
 from ..revalue.customers import CodeVerdict, CustomerInfo, customer_for_callerid, verify
 from ..revalue.direct import OperatorInterface, operators_from_settings
 from ..revalue.lookup import InvalidMsisdn, LookupFailed, lookup_from_settings, parse_msisdn
+from ..revalue.messages import SETTLED, code_groups, sms_text
 from .base import LineCall
 
 if TYPE_CHECKING:
@@ -56,7 +56,6 @@ log = logging.getLogger("ivr.flows.revalue")
 
 MAX_TRIES = 3  # per question: the mobile number, the amount menu, the confirmation
 MSISDN_MAX_DIGITS = 16
-CODE_GROUP = 4  # digits of a recharge code said together
 REPEATS = 3  # times the code may be heard again
 WAIT_GRACE = 0.5  # seconds a quick recharge is waited for before any message plays
 MAX_PRODUCTS = 9  # one key each
@@ -349,7 +348,11 @@ async def recharge(s: RevalueCall) -> None:
             log.exception("%s recharge %s failed; left to the reconciler", s.tag,
                           held.request_id)
         else:
-            await notify(s, outcome)
+            if outcome.changed or outcome.state not in SETTLED:
+                await notify(s, outcome)
+            else:  # settled first by a callback or the reconciler, which sent its SMS
+                log.info("%s recharge %s was settled (%s) elsewhere: SMS sent from there",
+                         s.tag, outcome.request_id, outcome.state)
 
 
 def direct_interface(s: RevalueCall, customer: CustomerInfo, operator: str
@@ -383,13 +386,7 @@ async def fulfil(s: RevalueCall, held: svc.Outcome,
     if interface is None:
         return await svc.fulfil_code(s.db, held.request_id, key=s.app.secret_key,
                                      low_stock=s.settings.code_low_stock)
-    api = interface.client(s.app)
-    try:
-        return await svc.fulfil_direct(s.db, api, held.request_id)
-    finally:
-        close = getattr(api, "aclose", None)
-        if close is not None:
-            await close()
+    return await svc.fulfil_direct(s.db, s.app.operator_client(interface), held.request_id)
 
 
 async def wait_with_messages(s: RevalueCall, task: asyncio.Task[svc.Outcome]
@@ -454,10 +451,6 @@ async def announce(s: RevalueCall, outcome: svc.Outcome) -> None:
         await s.voice.play(s.call, "loyalty-points")
 
 
-def code_groups(code: str) -> list[str]:
-    return [code[i:i + CODE_GROUP] for i in range(0, len(code), CODE_GROUP)]
-
-
 async def read_code(s: RevalueCall, code: str) -> None:
     """The code digit by digit, in groups; * says it again."""
     for _ in range(1 + REPEATS):
@@ -473,35 +466,6 @@ async def read_code(s: RevalueCall, code: str) -> None:
 
 
 # --------------------------------------------------------------------------- SMS
-
-
-def sms_text(outcome: svc.Outcome, operator: str) -> str:
-    """What the customer is sent (the code in clear: to their own number only)."""
-    amount = f"{display(outcome.amount)} {outcome.currency}"
-    state = outcome.state
-    if state is svc.State.ISSUED:
-        return (f"Your {operator} recharge code of {amount}: "
-                f"{' '.join(code_groups(outcome.code))}")
-    if state is svc.State.COMPLETED:
-        extra = f" You earned {outcome.points} loyalty points." if outcome.points else ""
-        return f"Your {operator} mobile was recharged with {amount}.{extra}"
-    if state is svc.State.DECLINED:
-        return (f"Your {operator} recharge of {amount} could not be made. "
-                "You have not been charged.")
-    if state is svc.State.REFUSED:
-        reasons: dict[str, str] = {
-            svc.Reason.INSUFFICIENT_FUNDS: "your account does not have enough credit "
-                                           f"(available {display(outcome.available)})",
-            svc.Reason.PAYMENT_DECLINED: "your saved card was declined",
-            svc.Reason.NO_SAVED_METHOD: "there is no saved card for your account",
-            svc.Reason.ACCOUNT_INACTIVE: "your account cannot pay at the moment",
-            svc.Reason.NONE_LEFT: "no recharge code of that value is available",
-        }
-        why = reasons.get(outcome.reason, "it could not be made")
-        return (f"Your {operator} recharge of {amount} was refused: {why}. "
-                "You have not been charged.")
-    return (f"Your {operator} recharge of {amount} is being processed; we will "
-            "confirm it by text message.")
 
 
 async def notify(s: RevalueCall, outcome: svc.Outcome) -> None:

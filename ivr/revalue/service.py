@@ -39,6 +39,10 @@ gateway, key) and return values: :func:`request`, :func:`fulfil_code`,
 :func:`fulfil_direct`, :func:`apply_answer` (also the callbacks handler's, see
 :func:`callback_handler`) and :func:`reconcile` (``ivr serve`` every
 ``revalue_reconcile_interval`` seconds, and ``ivr revaluations reconcile``).
+
+The customer's SMS of the result: the line sends it for the recharge it made; a change a
+callback or the reconciler makes later goes to their ``notify`` hook (only an outcome
+with ``changed`` true: each change is made by one path), ivr.revalue.messages.
 """
 
 from __future__ import annotations
@@ -136,6 +140,12 @@ class Outcome:
     changed: bool = True
     code: str = field(default="", repr=False)
     notice: codes_.LowStock | None = None  # a low-stock notice to send (code mode)
+    msisdn: str = field(default="", repr=False)  # the number recharged (its SMS goes there)
+    operator: str = ""
+
+
+Notify = Callable[[Outcome], Awaitable[None]]
+"""A later settlement's hook (ivr.revalue.messages.sms_notifier: the customer's SMS)."""
 
 
 class RevaluationError(ValueError):
@@ -163,7 +173,7 @@ def _outcome(rev: Revaluation, account: Account, changed: bool = True, code: str
              notice: codes_.LowStock | None = None) -> Outcome:
     return Outcome(rev.id, rev.request_id, State(rev.state), rev.amount, rev.currency,
                    account.balance, account.balance - account.reserved, rev.reason,
-                   rev.points, rev.code_id, changed, code, notice)
+                   rev.points, rev.code_id, changed, code, notice, rev.msisdn, rev.operator)
 
 
 def _locked(s: Session, *, request_id: str | None = None,
@@ -495,11 +505,25 @@ async def apply_answer(db: Database, answer: RechargeAnswer, *,
     return outcome
 
 
-def callback_handler(db: Database) -> Callable[[RechargeAnswer], Awaitable[None]]:
-    """The ``on_answer`` of the callbacks endpoint (ivr.revalue.callbacks)."""
+async def _tell(notify: Notify | None, outcome: Outcome | None) -> None:
+    """Hand a settlement this path made (``changed``) to ``notify``; the hook failing
+    never undoes or repeats the settlement (logged)."""
+    if notify is None or outcome is None or not outcome.changed:
+        return
+    try:
+        await notify(outcome)
+    except Exception:
+        log.exception("revaluation %s: notifying %s failed", outcome.request_id,
+                      outcome.state)
+
+
+def callback_handler(db: Database, *, notify: Notify | None = None
+                     ) -> Callable[[RechargeAnswer], Awaitable[None]]:
+    """The ``on_answer`` of the callbacks endpoint (ivr.revalue.callbacks). ``notify``:
+    called with each change the callback made (a duplicate changes nothing)."""
 
     async def on_answer(answer: RechargeAnswer) -> None:
-        await apply_answer(db, answer)
+        await _tell(notify, await apply_answer(db, answer))
 
     return on_answer
 
@@ -546,11 +570,12 @@ def _abandon(db: Database, request_id: str, now: datetime) -> Outcome:
 
 
 async def reconcile(db: Database, apis: Mapping[str, DirectRecharge], *,
-                    older_than: timedelta, now: datetime | None = None) -> list[Outcome]:
+                    older_than: timedelta, now: datetime | None = None,
+                    notify: Notify | None = None) -> list[Outcome]:
     """Settle the revaluations left unsettled for ``older_than``: direct ones (HELD,
     CREATED, UNKNOWN) from their operator's ``status`` (``apis`` by operator name,
     ignoring case); the line's unfinished ones (REQUESTED, or code mode HELD) are
-    abandoned. Returns what changed."""
+    abandoned. ``notify``: called with each change made here. Returns what changed."""
     now = now or utcnow()
     by_key = {name.casefold(): api for name, api in apis.items()}
     decided: list[Outcome] = []
@@ -569,6 +594,7 @@ async def reconcile(db: Database, apis: Mapping[str, DirectRecharge], *,
         if outcome is not None and outcome.changed:
             log.info("revaluation %s reconciled: %s", due.request_id, outcome.state)
             decided.append(outcome)
+            await _tell(notify, outcome)
     return decided
 
 

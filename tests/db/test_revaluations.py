@@ -34,6 +34,7 @@ from ivr.payments.sandbox import SANDBOX_APPROVE, SANDBOX_DECLINE, SandboxGatewa
 from ivr.revalue import codes, loyalty
 from ivr.revalue.callbacks import LoopbackServer, callback_server
 from ivr.revalue.direct import HttpOperatorApi, RechargeAnswer, RechargeState
+from ivr.revalue.messages import sms_notifier
 from ivr.revalue.service import (
     Outcome,
     Reason,
@@ -329,6 +330,102 @@ async def test_an_answer_from_another_operator_or_a_declined_after_completed_cha
     assert money(plan, customer) == Money(Decimal(40), Decimal(0), 1, 0)
 
 
+# --------------------------------------------------------------------------- the SMS later
+
+
+class Texts:
+    """An SMS sender that keeps what it is given (the real HTTP one: tests/e2e)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def send(self, to: str, subject: str, body: str) -> None:
+        self.sent.append((to, body))
+
+
+def msisdn_of(db: Database, customer_id: int) -> str:
+    with db.reading() as s:
+        return s.get_one(Customer, customer_id).msisdn
+
+
+async def test_a_pending_one_settled_by_the_reconciler_is_texted_once(
+        plan: Database, operator: Operator):
+    operator.sim.callback_url = ""
+    operator.sim.set_behaviour("unknown")  # the caller hears "pending"
+    customer, done = await direct(plan, operator)
+    assert done.state is State.UNKNOWN
+    texts = Texts()
+    notify = sms_notifier(lambda: texts)
+    apis = {OPERATOR: operator.api}
+    assert await reconcile(plan, apis, older_than=LATER, notify=notify) == []
+    assert texts.sent == []  # still unknown: nothing to tell
+    operator.sim.settle(done.request_id, RechargeState.COMPLETED)
+    settled = await reconcile(plan, apis, older_than=LATER, notify=notify)
+    assert [o.state for o in settled] == [State.COMPLETED]
+    assert texts.sent == [(msisdn_of(plan, customer),
+                           f"Your {OPERATOR} mobile was recharged with 10.00 USD.")]
+    # Another pass, and the operator's late callback: nothing more is sent.
+    assert await reconcile(plan, apis, older_than=LATER, notify=notify) == []
+    await callback_handler(plan, notify=notify)(
+        RechargeAnswer(done.request_id, RechargeState.COMPLETED, operator=OPERATOR))
+    assert len(texts.sent) == 1
+    assert money(plan, customer) == Money(Decimal(40), Decimal(0), 1, 0)
+
+
+async def test_a_duplicated_callback_racing_the_reconciler_texts_once(
+        plan: Database, operator: Operator):
+    operator.sim.callback_url = ""
+    operator.sim.set_behaviour("unknown")
+    customer, done = await direct(plan, operator)
+    operator.sim.settle(done.request_id, RechargeState.DECLINED)
+    texts = Texts()
+    notify = sms_notifier(lambda: texts)
+    on_answer = callback_handler(plan, notify=notify)
+    answer = RechargeAnswer(done.request_id, RechargeState.DECLINED, reason="barred",
+                            operator=OPERATOR)
+    await asyncio.gather(on_answer(answer), on_answer(answer),
+                         reconcile(plan, {OPERATOR: operator.api}, older_than=LATER,
+                                   notify=notify))
+    assert texts.sent == [(msisdn_of(plan, customer),
+                           f"Your {OPERATOR} recharge of 10.00 USD could not be made. "
+                           "You have not been charged.")]
+    await on_answer(answer)
+    assert len(texts.sent) == 1
+    assert money(plan, customer) == Money(Decimal(50), Decimal(0), 0, 0)
+    assert history(plan, done.request_id) == ["requested", "held", "unknown", "declined"]
+
+
+async def test_a_settlement_heard_in_the_call_is_not_texted_later(plan: Database,
+                                                                  operator: Operator):
+    customer, done = await direct(plan, operator)  # COMPLETED in the call (its SMS: the line)
+    assert (done.state, done.changed) == (State.COMPLETED, True)
+    texts = Texts()
+    notify = sms_notifier(lambda: texts)
+    await callback_handler(plan, notify=notify)(
+        RechargeAnswer(done.request_id, RechargeState.COMPLETED, operator=OPERATOR))
+    assert await reconcile(plan, {OPERATOR: operator.api}, older_than=LATER,
+                           notify=notify) == []
+    assert texts.sent == []
+    assert money(plan, customer) == Money(Decimal(40), Decimal(0), 1, 0)
+
+
+async def test_a_failing_sender_does_not_undo_the_settlement(plan: Database,
+                                                             operator: Operator):
+    operator.sim.callback_url = ""
+    operator.sim.set_behaviour("unknown")
+    customer, done = await direct(plan, operator)
+
+    class Broken:
+        async def send(self, to: str, subject: str, body: str) -> None:
+            raise OSError("gateway down")
+
+    on_answer = callback_handler(plan, notify=sms_notifier(lambda: Broken()))
+    await on_answer(RechargeAnswer(done.request_id, RechargeState.COMPLETED,
+                                   operator=OPERATOR))
+    assert get_revaluation(plan, done.request_id).state == "completed"
+    assert money(plan, customer) == Money(Decimal(40), Decimal(0), 1, 0)
+
+
 # --------------------------------------------------------------------------- paying
 
 
@@ -530,6 +627,31 @@ def test_commands_list_show_reconcile_and_loyalty(tmp_path: Path, monkeypatch, i
     err = ivr_cli("loyalty", "redeem", msisdn, "--points", "7",
                                   expect=1)
     assert "7 points asked, 6 available" in err
+    db.dispose()
+
+
+def test_reconcile_command_says_when_no_sms_can_be_sent(tmp_path: Path, monkeypatch,
+                                                      capsys):
+    from ivr.cli import main, revaluations
+    from ivr.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'cli.sqlite3'}"
+    monkeypatch.setenv("IVR_DATABASE_URL", url)
+    monkeypatch.setenv("IVR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IVR_SMS_MODE", "ami")
+    monkeypatch.setenv("IVR_AMI_PORT", str(free_port()))  # no Asterisk there
+    monkeypatch.setattr(revaluations, "AMI_TIMEOUT", 0.5)
+    db = Database(url)
+    upgrade(db.engine)
+    create_test_plan(db)
+    customer = new_customer(db, "50")
+    held = asyncio.run(request(db, customer_id=customer, amount=Decimal("10"),
+                               operator=OPERATOR))
+    assert main(["revaluations", "reconcile", "--older-than", "0", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["reconciled"][0]["request_id"] == held.request_id
+    assert "no SMS of settled recharges" in err and "AMI" in err
+    assert money(db, customer) == Money(Decimal(50), Decimal(0), 0, 0)
     db.dispose()
 
 

@@ -20,7 +20,9 @@ from ivr.config import ConfigError, load_settings
 from ivr.db.models import EntryKind
 from ivr.flows.revalue import code_groups, parse_products, products_for
 from ivr.revalue import codes, customers, lookup, service
+from ivr.revalue.callbacks import callback_server
 from ivr.revalue.direct import HttpOperatorApi
+from ivr.revalue.messages import sms_notifier
 from ivr.revalue.simulator import SimulatedOperator
 from ivr.testing import free_port
 from ivr.testing.access import account_state, new_account
@@ -307,14 +309,41 @@ async def test_direct_operator_timing_out_is_pending_then_reconciled_once(
                              "we will confirm it by text message.")]
 
     async with HttpOperatorApi(url, operator=OPERATOR, timeout=2) as api:
-        for _ in range(2):  # a second pass finds nothing to do
-            await service.reconcile(rig.line.db, {OPERATOR: api},
-                                    older_than=timedelta(0))
+        for _ in range(2):  # a second pass finds nothing to do, and sends nothing
+            await service.reconcile(rig.line.db, {OPERATOR: api}, older_than=timedelta(0),
+                                    notify=sms_notifier(lambda: rig.sms))
     assert rig.money() == (Decimal("40.00"), Decimal(0),
                            [(EntryKind.TOPUP, Decimal("50.00")),
                             (EntryKind.REVALUATION, Decimal("-10.00"))])
     assert rig.revaluations()[0].state == "completed"
     assert sim.recharges == 1
+    # The SMS the caller was promised, once.
+    assert rig.sms.sent[1:] == [(MOBILE, "Your Sim mobile was recharged with 10.00 USD.")]
+
+
+async def test_direct_settled_first_by_a_callback_is_texted_once(
+        make_line: LineFactory, tmp_path: Path) -> None:
+    port = free_port()
+    rig = await make_rig(make_line, tmp_path, mode="direct", revalue_timeout=5,
+                         revalue_operators=f"{OPERATOR}=http:http://127.0.0.1:{port}@")
+    callbacks = callback_server({OPERATOR: b"secret"}, service.callback_handler(
+        rig.line.db, notify=sms_notifier(lambda: rig.sms)), f"127.0.0.1:{free_port()}")
+    await callbacks.start()
+    # Recharged and called back at once, the answer to the request held 300 ms.
+    sim = SimulatedOperator("timeout:300", name=OPERATOR, callback_secret=b"secret",
+                            callback_url=f"{callbacks.url}/callbacks/{OPERATOR}")
+    try:
+        async with sim.serving(port=port):
+            caller = ScriptedCaller({**first_code(rig), "choose-recharge-amount": ["2"],
+                                     "confirm-amount": ["1"]})
+            await rig.call(caller)
+    finally:
+        await callbacks.stop()
+    assert sim.callbacks_sent == 1
+    assert caller.prompts[-2:] == ["recharge-applied", "goodbye"]  # heard in the call
+    assert rig.revaluations()[0].state == "completed"
+    # Sent by the callback's path; the line does not send it again.
+    assert rig.sms.sent == [(MOBILE, "Your Sim mobile was recharged with 10.00 USD.")]
 
 
 async def test_direct_customer_without_an_interface_gets_a_code(
