@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     from .money.notify import Sender
     from .payments import PaymentGateway
     from .prompts import Voice
-    from .revalue.direct import DirectRecharge, OperatorInterface
+    from .revalue.direct import DirectRecharge, OperatorInterface, OperatorInterfaces
     from .revalue.ivr_operator import PendingIvrRecharge
+    from .revalue.lookup import NumberLookup
 
 log = logging.getLogger("ivr.app")
 
@@ -62,6 +63,10 @@ class App:
     # case folded), kept for the server's life: an HTTP client's connection pool and
     # TLS context cost about 30 ms of CPU to make, more than the recharge itself.
     _operator_clients: dict[str, DirectRecharge] = field(default_factory=dict, repr=False)
+    # The revalue line's settings read once (a TOML file, a plug-in's factory), not per
+    # call: see revalue_operators() and number_lookup().
+    _revalue_operators: OperatorInterfaces | None = field(default=None, repr=False)
+    _number_lookup: NumberLookup | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None,
@@ -107,6 +112,23 @@ class App:
             close = getattr(client, "aclose", None)
             if close is not None:
                 await close()
+
+    def revalue_operators(self) -> OperatorInterfaces:
+        """The operators reached directly (``revalue_operators``), read on first use;
+        ConfigError when the setting is wrong."""
+        if self._revalue_operators is None:
+            from .revalue.direct import operators_from_settings
+
+            self._revalue_operators = operators_from_settings(self.settings)
+        return self._revalue_operators
+
+    def number_lookup(self) -> NumberLookup:
+        """Which operator a number is with (``revalue_lookup``), made on first use."""
+        if self._number_lookup is None:
+            from .revalue.lookup import lookup_from_settings
+
+            self._number_lookup = lookup_from_settings(self.settings, self.db)
+        return self._number_lookup
 
     def operator_client(self, interface: OperatorInterface) -> DirectRecharge:
         """The operator's direct-recharge client, made on first use and kept (closed by

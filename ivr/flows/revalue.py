@@ -43,8 +43,8 @@ from ..numbers import keypad_digits, normalise_callerid
 from ..revalue import codes, loyalty
 from ..revalue import service as svc
 from ..revalue.customers import CodeVerdict, CustomerInfo, customer_for_callerid, verify
-from ..revalue.direct import OperatorInterface, operators_from_settings
-from ..revalue.lookup import InvalidMsisdn, LookupFailed, lookup_from_settings, parse_msisdn
+from ..revalue.direct import OperatorInterface
+from ..revalue.lookup import InvalidMsisdn, LookupFailed, parse_msisdn
 from ..revalue.messages import SETTLED, code_groups, sms_text
 from .base import LineCall
 
@@ -234,7 +234,7 @@ async def check_code(s: RevalueCall, msisdn: str) -> CustomerInfo | None:
 
 async def which_operator(s: RevalueCall, msisdn: str) -> str | None:
     try:
-        found = await lookup_from_settings(s.settings, s.db).lookup(msisdn)
+        found = await s.app.number_lookup().lookup(msisdn)
     except LookupFailed as exc:
         log.warning("%s operator lookup for ...%s failed: %s", s.tag, msisdn[-4:], exc)
         return None
@@ -361,7 +361,7 @@ def direct_interface(s: RevalueCall, customer: CustomerInfo, operator: str
     if customer.mode.value != svc.Mode.DIRECT.value:
         return None
     try:
-        interface = operators_from_settings(s.settings).get(operator)
+        interface = s.app.revalue_operators().get(operator)
     except ConfigError as exc:
         log.error("%s revalue_operators: %s", s.tag, exc)
         interface = None
