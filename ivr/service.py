@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import Settings
 
@@ -33,6 +33,23 @@ log = logging.getLogger("ivr")
 # and failed SIP attempts (class "security", the SIP guard). Not "dtmf" nor "agi", whose
 # events carry the keys callers type.
 SERVER_AMI_EVENTS = "call,security"
+
+
+async def stop_task(task: asyncio.Task[Any], timeout: float = 5.0) -> None:
+    """Cancel a background loop and wait for it to end, cancelling again if it goes on:
+    in Python 3.11 a cancellation that lands as the step it waits on completes (a
+    database step's ``wait_for``) can be lost, and a loop that goes on would keep the
+    process from exiting. Gives up after ``timeout`` seconds, with a warning."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not task.done():
+        task.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.warning("a background task did not stop: %r", task)
+            return
+        await asyncio.wait({task}, timeout=min(0.5, left))
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a background task ended with %r", task.exception())
 
 
 async def reconcile_payments(app: App) -> None:
@@ -178,9 +195,9 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     log.info("stopping; running calls get up to %gs to finish", settings.shutdown_grace)
     await server.shutdown(settings.shutdown_grace)
     if reconciler is not None:
-        reconciler.cancel()
+        await stop_task(reconciler)
     if revalue_reconciler is not None:
-        revalue_reconciler.cancel()
+        await stop_task(revalue_reconciler)
     if callbacks is not None:
         await callbacks.stop()
     for api in apis.values():
@@ -188,9 +205,9 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
     await guard.close()
     await recovery.close()
     await app.close()  # controllers, then the charging session's background work
-    ami_task.cancel()
+    await stop_task(ami_task)
     await ami.close()
-    heartbeat.cancel()
+    await stop_task(heartbeat)
     try:
         await asyncio.to_thread(lease.release)  # the next server need not wait for expiry
     except Exception as exc:
