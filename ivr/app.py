@@ -21,6 +21,7 @@ from .config import Settings
 from .db import Database
 from .live.calls import CallController, LiveCall
 from .live.charging import Charging
+from .live.trace import CallTrace
 from .money.ledger import Ledger
 from .sip import Outbound
 from .sip import outbound as outbound_trunk
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("ivr.app")
 
 OUTBOUND_TTL = 5.0  # seconds a server keeps what it read of the outbound trunk
+# Routes whose calls have no story of their own: a warning whispered into a live call
+# (its Local channel) is a step of that call's, recorded by the call controller.
+UNTRACED_ROUTES = frozenset({"whisper"})
 
 Route = Callable[[AgiSession, "App"], Awaitable[None]]
 
@@ -67,6 +71,12 @@ class App:
     # call: see revalue_operators() and number_lookup().
     _revalue_operators: OperatorInterfaces | None = field(default=None, repr=False)
     _number_lookup: NumberLookup | None = field(default=None, repr=False)
+    # Each call's story (ivr.live.trace): the routes' commands, the charging steps.
+    trace: CallTrace = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.trace = CallTrace(self.db)
+        self.charging.trace = self.trace
 
     @classmethod
     def build(cls, settings: Settings, *, db: Database | None = None,
@@ -107,6 +117,7 @@ class App:
             await controller.close()
         self.asterisks.clear()
         await self.charging.aclose()
+        await self.trace.close()
         clients, self._operator_clients = self._operator_clients, {}
         for client in clients.values():
             close = getattr(client, "aclose", None)
@@ -150,10 +161,14 @@ class App:
             from .flows import ROUTES
 
             routes = ROUTES
-        return {name: self._bound(route) for name, route in routes.items()}
+        return {name: self._bound(route, name) for name, route in routes.items()}
 
-    def _bound(self, route: Route) -> Handler:
+    def _bound(self, route: Route, name: str = "") -> Handler:
         async def handler(call: AgiSession) -> None:
+            uniqueid = call.env.uniqueid
+            if uniqueid and name not in UNTRACED_ROUTES:
+                call.watcher = self.trace.watcher(uniqueid)
+                self.trace.event(uniqueid, "start", route=name, channel=call.env.channel)
             await route(call, self)
 
         handler.__name__ = getattr(route, "__name__", "route")

@@ -190,6 +190,13 @@ class Settings:
     # Where the operators' signed callbacks are taken (ivr.revalue.callbacks), host:port
     # on loopback (a reverse proxy in front takes them from outside).
     revalue_callback_bind: str = "127.0.0.1:8091"
+    # The web console (ivr.web): host:port it serves on, inside `ivr serve` / `ivr run`
+    # and as `ivr web` (empty: not served by `ivr serve`). Loopback by default: put a
+    # TLS reverse proxy in front to reach it from elsewhere.
+    web_bind: str = "127.0.0.1:8080"
+    # Days each call's trace (ivr.live.trace: prompts, keys, grants, warnings, the
+    # charge) is kept; older events are deleted by the server.
+    call_trace_days: int = 7
     # Revaluations (ivr.revalue.service) left unsettled (no answer from the operator, or
     # a process that stopped mid-way) are settled from the operator's status once this
     # many seconds old (keep it above revalue_timeout), checked every interval (0: off).

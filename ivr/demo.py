@@ -69,6 +69,7 @@ DEMO_RATES = (
 # A number the sandbox test carrier answers and keeps up (dialplan/ivr-test.conf).
 TRY_NUMBER = "2125550100"
 TEST_CARRIER = "@ivr-test-callee"  # in trunk_dial: the sandbox test carrier
+WEB_ADMIN = "admin"  # the web console's first user, made by `ivr run`
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class Demo:
     balance: Decimal | None
     currency: str
     outbound_trunk: str | None  # the trunk paid calls go out on, if one is marked
+    web_user: str | None = None  # the console's first admin (None: users of its own)
+    web_password: str | None = None  # None: not ours to show (changed, or not made here)
 
 
 def ensure_demo(db: Database, settings: Settings) -> Demo:
@@ -114,12 +117,27 @@ def ensure_demo(db: Database, settings: Settings) -> Demo:
         card, pin = issued.number, issued.pin
     if card is None:
         pin = None
-    wanted = {"phone": PHONE, "password": password, "card": card, "pin": pin}
+    web_user, web_password = _ensure_web_admin(db, kept)
+    wanted = {"phone": PHONE, "password": password, "card": card, "pin": pin,
+              "web_user": web_user, "web_password": web_password}
     if wanted != {k: kept.get(k) for k in wanted}:
         save_kept(path, wanted)
     balance, currency = _balance(db, card) if card else (None, CURRENCY)
     return Demo(PHONE, password, card, pin, balance, currency,
-                outbound.name if outbound else None)
+                outbound.name if outbound else None, web_user, web_password)
+
+
+def _ensure_web_admin(db: Database, kept: dict[str, str]) -> tuple[str | None, str | None]:
+    """The web console's first admin, made when the console has no users; its password
+    is shown while it still logs in (a changed one is not ours to show)."""
+    from .web import users
+
+    if not users.has_users(db):
+        return WEB_ADMIN, users.add_user(db, WEB_ADMIN, users.Role.ADMIN)
+    name, password = kept.get("web_user"), kept.get("web_password")
+    if name and password and users.password_ok(db, name, password):
+        return name, password
+    return None, None
 
 
 def read_kept(path: Path) -> dict[str, str]:
@@ -191,5 +209,8 @@ def demo_text(demo: Demo, settings: Settings) -> str:
             out.append(f"  dial {access or 'the access line'}, type the card number #, the "
                        f"PIN #, then {TRY_NUMBER} # (the sandbox test carrier answers it; "
                        "19999... is busy, 19998... never answers)")
+    if demo.web_user is not None and settings.web_bind:
+        out.append(f"ivr: web console log-in (its address is printed when the server is "
+                   f"up): user {demo.web_user}, password {demo.web_password}")
     out.append("ivr: (`ivr run --no-demo` makes and prints none of this)")
     return "\n".join(out)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .ami import AmiClient
     from .app import App
     from .prompts import Voice
+    from .revalue.callbacks import LoopbackServer
     from .revalue.direct import DirectRecharge
     from .revalue.service import Notify
     from .sipguard import SipGuard
@@ -70,6 +71,29 @@ async def reconcile_payments(app: App) -> None:
                               settings.payment_reconcile_interval)
         else:
             outage.ended()
+
+
+TRACE_PRUNE_INTERVAL = 3600.0  # seconds between deletions of old call traces
+
+
+async def prune_call_traces(app: App, interval: float = TRACE_PRUNE_INTERVAL) -> None:
+    """Delete call trace steps older than ``call_trace_days`` (ivr.live.trace), at start
+    and every ``interval`` seconds."""
+    from .live.servers import DatabaseOutage
+
+    outage = DatabaseOutage("call trace retention", log)
+    while True:
+        try:
+            removed = await app.trace.prune(app.settings.call_trace_days)
+        except Exception as exc:
+            if not outage.failed(exc):
+                log.exception("call trace retention failed; next try in %gs", interval)
+        else:
+            outage.ended()
+            if removed:
+                log.info("call traces: %d step(s) older than %d days deleted", removed,
+                         app.settings.call_trace_days)
+        await asyncio.sleep(interval)
 
 
 def revalue_notifier(app: App, ami: AmiClient | None) -> Notify:
@@ -187,6 +211,9 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
         await callbacks.start()
     revalue_reconciler = (asyncio.ensure_future(reconcile_revaluations(app, apis, told))
                           if settings.revalue_reconcile_interval > 0 else None)
+    web = await start_web(app, ami)
+    pruner = (asyncio.ensure_future(prune_call_traces(app))
+              if settings.call_trace_days > 0 else None)
     heartbeat = asyncio.ensure_future(keep_lease(lease, controller.seen_alive, stop.set))
     guard = start_sip_guard(app, ami)
     if on_started:
@@ -200,6 +227,10 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
         await stop_task(revalue_reconciler)
     if callbacks is not None:
         await callbacks.stop()
+    if web is not None:
+        await web.stop()
+    if pruner is not None:
+        await stop_task(pruner)
     for api in apis.values():
         await api.aclose()
     await guard.close()
@@ -214,6 +245,22 @@ async def serve(settings: Settings, *, on_started: Callable[[], None] | None = N
         log.warning("lease not released (it expires by itself): %s", exc)
     app.dispose()
     return 0
+
+
+async def start_web(app: App, ami: AmiClient | None) -> LoopbackServer | None:
+    """The web console (ivr.web) on ``web_bind``, in this process: its live calls and
+    hang-ups use this server's AMI connection. None when ``web_bind`` is empty."""
+    from .revalue.callbacks import LoopbackServer
+    from .revalue.direct import parse_bind
+    from .web import create_app
+
+    if not app.settings.web_bind:
+        return None
+    host, port = parse_bind(app.settings.web_bind, "web_bind")
+    web = LoopbackServer(create_app(app, ami=ami), host, port, name="web console")
+    await web.start()
+    print(f"ivr: web console on {web.url}/", flush=True)
+    return web
 
 
 def check_prompts(app: App) -> None:

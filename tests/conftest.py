@@ -1,9 +1,9 @@
 """Test-session rules shared by every layer.
 
-``IVR_REQUIRE_REAL=asterisk,postgres,sip`` (set by the project's test command, so by CI)
+``IVR_REQUIRE_REAL=asterisk,postgres,sip,web`` (set by the project's test command, so by CI)
 makes the run fail unless the tests with each named marker ran and passed with none
-skipped: a green run must mean the real Asterisk, the real PostgreSQL and a real SIP
-phone were exercised.
+skipped: a green run must mean the real Asterisk, the real PostgreSQL, a real SIP
+phone and a real browser were exercised.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-REAL_MARKERS = ("asterisk", "postgres", "sip")
+REAL_MARKERS = ("asterisk", "postgres", "sip", "web")
 
 
 @pytest.fixture

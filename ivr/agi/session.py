@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import monotonic
-from typing import Any
+from typing import Any, Protocol
 
 from .protocol import (
     AgiCommandFailed,
@@ -33,6 +33,18 @@ READ_CHUNK = 4096
 # A "#" this soon (seconds) after an entry that ended at its length (the expiry's fourth
 # digit) ends that entry, typed by habit: it is not an empty answer to the next prompt.
 LATE_END_KEY = 2.0
+
+
+class Watcher(Protocol):
+    """Told of each command and reply of a call (its trace, ivr.live.trace). ``secret``:
+    sent inside :meth:`AgiSession.secret` or with ``secret=True`` (mask what is typed)."""
+
+    def sent(self, name: str, args: tuple[object, ...], secret: bool) -> None: ...
+
+    def replied(self, name: str, args: tuple[object, ...], reply: Reply,
+                secret: bool) -> None: ...
+
+    def hung_up(self) -> None: ...
 
 
 class AgiSession:
@@ -60,6 +72,7 @@ class AgiSession:
         self._secret_depth = 0
         self._filled_at: float | None = None  # when the last entry ended at its length
         self._lock = asyncio.Lock()
+        self.watcher: Watcher | None = None  # attached by the application (App._bound)
         if leftover:
             self._absorb(self._parser.feed(leftover))
 
@@ -107,6 +120,8 @@ class AgiSession:
                 log.debug("%s -> %s <redacted>", self._log_prefix, name)
             else:
                 log.debug("%s -> %s", self._log_prefix, data.decode().rstrip())
+            if self.watcher is not None:
+                self._watch(self.watcher.sent, name, args, quiet)
             try:
                 self._writer.write(data)
                 await self._writer.drain()
@@ -126,7 +141,16 @@ class AgiSession:
                 raise
         if not quiet:
             log.debug("%s <- %s", self._log_prefix, reply.raw)
+        if self.watcher is not None:
+            self._watch(self.watcher.replied, name, args, reply, quiet)
         return raise_for_reply(name, reply)
+
+    def _watch(self, report: Callable[..., None], *args: Any) -> None:
+        """Tell the watcher; its failure never reaches the call."""
+        try:
+            report(*args)
+        except Exception:
+            log.exception("%s call trace failed", self._log_prefix)
 
     @property
     def waiting(self) -> bool:
@@ -161,6 +185,8 @@ class AgiSession:
         for item in items:
             if isinstance(item, HangupNotice):
                 self.hung_up = True
+                if self.watcher is not None:
+                    self._watch(self.watcher.hung_up)
             else:
                 self._pending.append(item)
 

@@ -15,6 +15,8 @@
 - :mod:`.simulator`: operator-sim (a simulated mobile operator for direct recharges)
 - :mod:`.revaluations`, :mod:`.loyalty`: revaluations, loyalty (the revalue line's
   recharges and loyalty points)
+- :mod:`.web`: web, web-users (the web console and its users)
+- :mod:`.calls`: calls (a call's trace)
 
 :mod:`.common` holds what they share: refusals and output (every command is wrapped by
 ``common.command``), argument parsers, the database and the secret key.
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from ..config import ConfigError, Settings, load_settings
 from . import (
     accounts,
+    calls,
     codes,
     customers,
     db,
@@ -45,6 +48,7 @@ from . import (
     sip,
     topups,
     vouchers,
+    web,
 )
 from .common import EXIT_USAGE, report
 
@@ -52,7 +56,7 @@ __all__ = ["build_parser", "main"]
 
 # In the order `ivr --help` lists them.
 GROUPS = (server, db, rates, accounts, vouchers, prompts, topups, reports, sip, codes,
-          customers, simulator, revaluations, loyalty)
+          customers, simulator, revaluations, loyalty, web, calls)
 
 
 def _setup_logging(settings: Settings, verbose: bool) -> None:

@@ -14,6 +14,7 @@ from ..config import Settings
 from ..db import Database
 from ..db.models import Account, Card, CardStatus, EntryKind
 from .common import (
+    EXIT_REFUSED,
     EXIT_USAGE,
     CommandError,
     check_decimals,
@@ -32,8 +33,7 @@ from .common import (
 
 @command
 def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
-    from ..money.accounts import create_account, find_account, history
-    from ..money.ledger import credit
+    from ..money.accounts import create_account, credit_account, find_account, history
     from ..money.rates_store import get_plan
 
     if args.action in ("create", "credit"):
@@ -46,14 +46,14 @@ def cmd_accounts(settings: Settings, args: argparse.Namespace) -> int:
             check_decimals(amount, plan.decimals, f"plan {plan.name!r}", "--balance")
             account = create_account(s, args.plan, number=args.number, name=args.name,
                                      balance=amount)
+        elif args.action == "credit":
+            account, entry, new = credit_account(s, args.account, amount,
+                                                 EntryKind(args.kind), ref=args.ref,
+                                                 note=args.note)
         else:
             account = find_account(s, args.account)
         decimals = account.plan.decimals
         if args.action == "credit":
-            check_decimals(amount, account.plan.decimals, f"the account's plan "
-                           f"({account.plan.name}, {account.currency})")
-            entry, new = credit(s, account.id, amount, EntryKind(args.kind),
-                                ref=args.ref, note=args.note)
             data = _account_dict(account) | {"entry": entry.id, "applied": new}
             if new:
                 text = (f"account {account.number} credited {money(amount, decimals)} "
@@ -153,32 +153,19 @@ def _callerid_option(args: argparse.Namespace) -> str | None:
 
 
 def _issue_options(db: Database, args: argparse.Namespace) -> tuple[str, Decimal]:
-    """The plan and opening balance of ``cards issue``; options that would be ignored
-    (--balance, or another --plan, with --account) are refused, not dropped."""
-    from ..money.accounts import find_account
-    from ..money.rates_store import get_plan
+    """The plan and opening balance of ``cards issue`` (ivr.money.accounts.issue_options:
+    options that would be ignored, --balance or another --plan with --account, are
+    refused, not dropped)."""
+    from ..money.accounts import IssueRefused, issue_options
 
-    if args.account is None:
-        if args.plan is None:
-            raise CommandError("give --plan (the new accounts' plan), or --account to add "
-                               "the cards to an existing account", "missing_option",
-                               EXIT_USAGE)
-        balance = parse_amount("0" if args.balance is None else args.balance, "--balance")
+    try:
         with db.transaction() as s:
-            plan = get_plan(s, args.plan)
-            check_decimals(balance, plan.decimals, f"plan {plan.name!r}", "--balance")
-        return plan.name, balance
-    if args.balance is not None:
-        raise CommandError(f"--balance cannot be used with --account: the cards share "
-                           f"account {args.account}'s balance (top it up with: ivr accounts "
-                           f"credit {args.account} AMOUNT)", "conflicting_options")
-    with db.transaction() as s:
-        plan_name = find_account(s, args.account).plan.name
-    if args.plan is not None and args.plan != plan_name:
-        raise CommandError(f"--plan {args.plan} does not match account {args.account}, "
-                           f"which is on plan {plan_name} (leave --plan out with --account)",
-                           "conflicting_options")
-    return plan_name, Decimal(0)
+            return issue_options(s, plan=args.plan, balance=args.balance,
+                                 account=args.account, expires_on=args.expires,
+                                 batch=args.batch)
+    except IssueRefused as exc:
+        raise CommandError(str(exc), exc.code, EXIT_USAGE if exc.code == "missing_option"
+                           else EXIT_REFUSED) from None
 
 
 # --------------------------------------------------------------------------- parser

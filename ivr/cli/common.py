@@ -23,7 +23,7 @@ from typing import Any
 from ..config import Settings
 from ..db import Database
 from ..db.migrate import ensure_schema
-from ..db.types import MONEY_SCALE, display
+from ..db.types import display
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -84,6 +84,7 @@ def with_json(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 _REFUSALS: tuple[tuple[str, str, str, int], ...] = (
     ("ivr.config", "ConfigError", "config", EXIT_USAGE),
     ("ivr.money.accounts", "NotFound", "not_found", EXIT_REFUSED),
+    ("ivr.money.accounts", "BadAmount", "bad_amount", EXIT_REFUSED),
     ("ivr.money.accounts", "CallerIdTaken", "callerid_taken", EXIT_REFUSED),
     ("ivr.money.accounts", "SettingRefused", "refused", EXIT_REFUSED),
     ("ivr.operators", "NotFound", "not_found", EXIT_REFUSED),
@@ -144,36 +145,32 @@ def command(func: Command) -> Command:
 
 # --------------------------------------------------------------------------- parsing
 
-# Every amount typed on the command line goes through parse_amount: plain ASCII decimals
-# (no exponent, no digits of other scripts, which Python's Decimal would take), below a
-# trillion, at most the 6 decimals the database keeps; commands then hold an amount to
+# Every amount typed on the command line goes through parse_amount (the rules are
+# ivr.money.accounts.read_amount's, the console's too); commands then hold an amount to
 # its plan's decimals (check_decimals).
-_AMOUNT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
-MAX_AMOUNT = Decimal(10) ** 12
 _WHOLE = re.compile(r"[0-9]{1,9}")
 
 
 def parse_amount(text: str, what: str = "amount") -> Decimal:
-    """An amount typed by the operator, exactly; CommandError (one line) if it is not
-    a plain decimal like 12.50, is out of range or has more than 6 decimals."""
-    if not _AMOUNT.fullmatch(text.strip()):
-        raise CommandError(f"{what}: not an amount: {text!r} (digits with an optional "
-                           "decimal point, like 12.50)", "bad_amount")
-    value = Decimal(text.strip())
-    if abs(value) >= MAX_AMOUNT:
-        raise CommandError(f"{what}: {text} is out of range (below {MAX_AMOUNT:,})",
-                           "bad_amount")
-    if value != value.quantize(Decimal(1).scaleb(-MONEY_SCALE)):
-        raise CommandError(f"{what}: {text} has more than {MONEY_SCALE} decimals",
-                           "bad_amount")
-    return value
+    """An amount typed by the operator, exactly (ivr.money.accounts.read_amount);
+    CommandError (one line) if it is not a plain decimal like 12.50, is out of range or
+    has more than 6 decimals."""
+    from ..money.accounts import BadAmount, read_amount
+
+    try:
+        return read_amount(text, what)
+    except BadAmount as exc:
+        raise CommandError(str(exc), "bad_amount") from None
 
 
 def check_decimals(amount: Decimal, decimals: int, whose: str, what: str = "amount") -> None:
     """Refuse an amount finer than its plan's (currency's) smallest unit."""
-    if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
-        raise CommandError(f"{what}: {amount} has more decimals than {whose} allows "
-                           f"({decimals})", "bad_amount")
+    from ..money import accounts
+
+    try:
+        accounts.check_decimals(amount, decimals, whose, what)
+    except accounts.BadAmount as exc:
+        raise CommandError(str(exc), "bad_amount") from None
 
 
 def amount_arg(text: str) -> Decimal:

@@ -86,26 +86,13 @@ def cmd_prompts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _status(catalogue, store, args: argparse.Namespace) -> int:  # type: ignore[no-untyped-def]
-    from ..prompts.catalogue import text_hash
+    from ..prompts.status import prompt_status
 
-    langs = catalogue.check_languages(args.lang or catalogue.languages)
-    manifest = store.manifest()
-    rows = []
-    for prompt in catalogue:
-        for lang in langs:
-            version = manifest.current(prompt.id, lang)
-            row: dict[str, Any] = {"id": prompt.id, "number": prompt.number, "language": lang,
-                                   "source": "missing", "version": None, "duration": None,
-                                   "note": ""}
-            if version is not None:
-                row.update(source=version.source, version=version.version,
-                           duration=version.duration)
-                if not store.has_audio(prompt.id, lang, version.version):
-                    row.update(source="missing", note="audio files missing")
-                elif version.text_hash != text_hash(prompt.text[lang]):
-                    row["note"] = ("text changed since recorded" if version.source == "recorded"
-                                   else "out of date: run ivr prompts build")
-            rows.append(row)
+    rows: list[dict[str, Any]] = [
+        {"id": st.prompt.id, "number": st.prompt.number, "language": st.lang,
+         "source": st.source, "version": st.version, "duration": st.duration,
+         "note": st.note}
+        for st in prompt_status(catalogue, store, args.lang or catalogue.languages)]
     counts = {s: sum(r["source"] == s for r in rows) for s in ("tts", "recorded", "missing")}
     if args.json:
         print(json.dumps({"store": str(store.host_dir), "prompts": rows, "counts": counts},

@@ -6,7 +6,7 @@ import argparse
 import csv
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -23,9 +23,6 @@ from .common import (
     whole_arg,
     with_json,
 )
-
-if TYPE_CHECKING:  # the rating engine is loaded by the commands that rate
-    from ..rating import Plan, RateTable
 
 # --------------------------------------------------------------------------- plans
 
@@ -104,21 +101,12 @@ def _rates_import(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _table_for(settings: Settings, plan_name: str) -> tuple[Plan, RateTable]:
-    from ..money.rates_store import get_plan, load_table, plan_value
-
-    db = open_db(settings)
-    with db.transaction() as s:
-        plan = get_plan(s, plan_name)
-        return plan_value(plan), load_table(s, [plan])
-
-
 def _rates_quote(settings: Settings, args: argparse.Namespace) -> int:
-    from ..rating import quote
+    from ..money.rates_store import quote_call
 
-    plan, table = _table_for(settings, args.plan)
     at = args.at or datetime.now(UTC)
-    q = quote(table, plan, args.number, args.seconds, at, args.service)
+    plan, q = quote_call(open_db(settings), args.plan, args.number, args.seconds, at,
+                         args.service)
     data = {
         "plan": q.plan, "number": q.number, "seconds": q.seconds,
         "charged_seconds": q.charged_seconds, "cost": money(q.cost, plan.decimals),
@@ -132,13 +120,12 @@ def _rates_quote(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _rates_max(settings: Settings, args: argparse.Namespace) -> int:
-    from ..rating import max_seconds, quote
+    from ..money.rates_store import longest_call
 
     balance = parse_amount(args.balance, "--balance")
-    plan, table = _table_for(settings, args.plan)
     at = args.at or datetime.now(UTC)
-    seconds = max_seconds(table, plan, args.number, balance, at, args.service)
-    q = quote(table, plan, args.number, max(seconds, 1), at, args.service)
+    plan, seconds, q = longest_call(open_db(settings), args.plan, args.number, balance, at,
+                                    args.service)
     data = {"plan": plan.name, "number": args.number, "balance": money(balance, plan.decimals),
             "max_seconds": seconds, "prefix": q.prefix, "destination": q.destination,
             "currency": plan.currency, "at": at.isoformat()}

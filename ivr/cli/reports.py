@@ -4,70 +4,52 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import re
 import sys
-from collections.abc import Iterable
-from datetime import date, datetime, timedelta
-from decimal import Decimal
-from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 from ..config import Settings
-from ..money.reports import CdrFilter, CdrRow, ReportRow, currency_decimals, iter_cdrs, report
-from .common import CommandError, command, emit, money, open_db, whole_arg
+from ..money.reports import (
+    CDR_FIELDS,
+    REPORT_FIELDS,
+    FilterError,
+    RangeError,
+    cdr_filter,
+    cdr_record,
+    currency_decimals,
+    iso_time,
+    iter_cdrs,
+    parse_range,
+    parse_zone,
+    report,
+    report_record,
+    write_csv,
+)
+from .common import CommandError, command, emit, open_db, whole_arg
 
-_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
-CDR_FIELDS = ("id", "uniqueid", "started_at", "answered_at", "ended_at", "account", "card",
-              "caller", "destination", "destination_name", "prefix", "plan", "service",
-              "status", "billable_seconds", "cost", "currency", "hangup_cause")
-REPORT_FIELDS = ("period", "group", "currency", "calls", "answered", "asr", "minutes",
-                 "seconds", "acd", "revenue", "topups")
+T = TypeVar("T")
+
+
+def _read(parse: Callable[[], T]) -> T:
+    """A filter read by ivr.money.reports, its refusal named by the option."""
+    try:
+        return parse()
+    except RangeError:
+        raise CommandError("--to is not after --from", "bad_argument") from None
+    except FilterError as exc:
+        raise CommandError(f"--{exc.field}: {exc}", "bad_argument") from None
 
 
 def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise CommandError(f"--tz: unknown time zone {name!r} (like UTC or Europe/Paris)",
-                           "bad_argument") from None
-
-
-def _time(text: str | None, tz: ZoneInfo, *, end: bool, what: str) -> datetime | None:
-    """--from/--to: a month (YYYY-MM), a day (YYYY-MM-DD) or an ISO time, in ``tz`` unless
-    it gives its offset. A month or day given as --to includes it."""
-    if text is None:
-        return None
-    if _MONTH.fullmatch(text):
-        year, month = int(text[:4]), int(text[5:])
-        if not 1 <= month <= 12:
-            raise CommandError(f"{what}: not a month: {text!r}", "bad_argument")
-        if end:
-            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-        return datetime(year, month, 1, tzinfo=tz)
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
-            return datetime(day.year, day.month, day.day, tzinfo=tz)
-        value = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(f"{what}: not a month, day or time: {text!r} (like 2026-11, "
-                           "2026-11-18 or 2026-11-18T09:30)", "bad_argument") from None
-    return value if value.tzinfo else value.replace(tzinfo=tz)
+    return _read(lambda: parse_zone(name))
 
 
 def _range(args: argparse.Namespace, tz: ZoneInfo) -> tuple[datetime | None, datetime | None]:
-    start = _time(args.start, tz, end=False, what="--from")
-    end = _time(args.end, tz, end=True, what="--to")
-    if start is not None and end is not None and end <= start:
-        raise CommandError("--to is not after --from", "bad_argument")
-    return start, end
-
-
-def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
-    return None if value is None else value.astimezone(tz).isoformat(timespec="seconds")
+    return _read(lambda: parse_range(args.start, args.end, tz))
 
 
 # --------------------------------------------------------------------------- cdrs
@@ -76,40 +58,26 @@ def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
 @command
 def cmd_cdrs(settings: Settings, args: argparse.Namespace) -> int:
     tz = _zone(args.tz)
-    start, end = _range(args, tz)
-    flt = CdrFilter(start=start, end=end, card=args.card, account=args.account,
-                    destination=args.destination, status=args.status, cause=args.cause)
+    flt = _read(lambda: cdr_filter(
+        start=args.start, end=args.end, tz=tz, card=args.card, account=args.account,
+        destination=args.destination, status=args.status, cause=args.cause))
     db = open_db(settings)
     with db.reading() as s:
         decimals = currency_decimals(s)
         rows = iter_cdrs(s, flt, limit=args.limit)  # refuses unknown cards/accounts now
         try:
-            _write_cdrs(args, (_cdr_dict(r, tz, decimals) for r in rows), tz)
+            _write_cdrs(args, (cdr_record(r, tz, decimals) for r in rows), tz)
             sys.stdout.flush()
         except BrokenPipeError:  # `ivr cdrs list | head`: the reader has had enough
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
-def _cdr_dict(r: CdrRow, tz: ZoneInfo, decimals: dict[str, int]) -> dict[str, Any]:
-    return {"id": r.id, "uniqueid": r.uniqueid, "started_at": _iso(r.started_at, tz),
-            "answered_at": _iso(r.answered_at, tz), "ended_at": _iso(r.ended_at, tz),
-            "account": r.account, "card": r.card, "caller": r.caller,
-            "destination": r.destination, "destination_name": r.destination_name,
-            "prefix": r.prefix, "plan": r.plan, "service": r.service,
-            "status": "answered" if r.answered else "unanswered",
-            "billable_seconds": r.billable_seconds,
-            "cost": money(r.cost, decimals.get(r.currency, 2)), "currency": r.currency,
-            "hangup_cause": r.hangup_cause}
-
-
 def _write_cdrs(args: argparse.Namespace, rows: Iterable[dict[str, Any]], tz: ZoneInfo) -> None:
     """Write rows as they come (never all of them at once)."""
     out = sys.stdout
     if args.csv:
-        writer = csv.DictWriter(out, CDR_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        write_csv(out, CDR_FIELDS, rows)
         return
     if args.json:
         out.write('{"cdrs": [')
@@ -143,11 +111,9 @@ def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
     with db.reading() as s:
         decimals = currency_decimals(s)
         rows = report(s, args.period, by=args.by, start=start, end=end, tz=tz)
-    data = [_report_dict(r, decimals.get(r.currency, 2)) for r in rows]
+    data = [report_record(r, decimals.get(r.currency, 2)) for r in rows]
     if args.csv:
-        writer = csv.DictWriter(sys.stdout, REPORT_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(data)
+        write_csv(sys.stdout, REPORT_FIELDS, data)
         return 0
     header = (f"{'period':10} " + (f"{args.by:20} " if args.by else "")
               + f"{'cur':3} {'calls':>7} {'answered':>8} {'ASR %':>6} {'minutes':>10} "
@@ -158,19 +124,9 @@ def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
         f"{r['minutes']:>10} {r['acd'] or '-':>7} {r['revenue']:>12} {r['topups'] or '-':>12}"
         for r in data]
     emit(args, {"report": args.period, "tz": str(tz), "by": args.by,
-                "from": _iso(start, tz), "to": _iso(end, tz), "rows": data},
+                "from": iso_time(start, tz), "to": iso_time(end, tz), "rows": data},
          "\n".join(lines) if data else "no calls or top-ups in this range")
     return 0
-
-
-def _report_dict(r: ReportRow, decimals: int) -> dict[str, Any]:
-    def text(value: Decimal | None) -> str | None:
-        return None if value is None else str(value)
-
-    return {"period": r.period, "group": r.group, "currency": r.currency, "calls": r.calls,
-            "answered": r.answered, "asr": text(r.asr), "minutes": str(r.minutes),
-            "seconds": r.seconds, "acd": text(r.acd), "revenue": money(r.revenue, decimals),
-            "topups": None if r.topups is None else money(r.topups, decimals)}
 
 
 # --------------------------------------------------------------------------- parser

@@ -5,14 +5,11 @@ last four digits exist. The rules of the settings are in ivr.money.accounts."""
 from __future__ import annotations
 
 import argparse
-from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-
 from ..config import Settings
-from ..db.models import Account, Payment, RatingPlan
+from ..db.models import Account
 from .common import CommandError, amount_arg, command, emit, money, open_db, whole_arg, with_json
 
 
@@ -106,23 +103,14 @@ def cmd_notices(settings: Settings, args: argparse.Namespace) -> int:
 
 @command
 def cmd_payments(settings: Settings, args: argparse.Namespace) -> int:
-    from ..money.accounts import find_account
+    from ..payments.reconcile import list_payments
 
-    db = open_db(settings)
-    with db.transaction() as s:
-        query = (select(Payment, Account.number, RatingPlan.decimals)
-                 .join(Account, Account.id == Payment.account_id)
-                 .join(RatingPlan, RatingPlan.id == Account.plan_id)
-                 .order_by(Payment.id.desc()).limit(args.limit))
-        if args.account:
-            query = query.where(Payment.account_id == find_account(s, args.account).id)
-        rows: list[dict[str, Any]] = [
-            {"payment_id": p.payment_id, "at": p.created_at.replace(tzinfo=UTC)
-             if p.created_at.tzinfo is None else p.created_at,
-             "account": number, "source": p.source, "amount": money(p.amount, decimals),
-             "currency": p.currency, "status": p.status, "last4": p.last4,
-             "reason": p.reason}
-            for p, number, decimals in s.execute(query).all()]
+    rows: list[dict[str, Any]] = [
+        {"payment_id": p.payment_id, "at": p.at, "account": p.account, "source": p.source,
+         "amount": money(p.amount, p.decimals), "currency": p.currency,
+         "status": p.status, "last4": p.last4, "reason": p.reason}
+        for p in list_payments(open_db(settings), account=args.account or None,
+                               limit=args.limit)]
     text = "\n".join(
         f"{r['at']:%Y-%m-%d %H:%M:%S} {r['account']:12} {r['source']:6} "
         f"{r['amount']:>10} {r['currency']} {r['status']:8} ...{r['last4'] or '----'}  "
@@ -137,17 +125,13 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from ..payments import gateway_from_settings, reconcile
+    from ..payments.reconcile import payment_decimals
 
     db = open_db(settings)
     older = timedelta(seconds=settings.payment_reconcile_after
                       if args.older_than is None else args.older_than)
     decided = asyncio.run(reconcile(db, gateway_from_settings(settings), older_than=older))
-    with db.transaction() as s:  # each amount with its account's plan's decimals
-        places = dict(s.execute(
-            select(Payment.payment_id, RatingPlan.decimals)
-            .join(Account, Account.id == Payment.account_id)
-            .join(RatingPlan, RatingPlan.id == Account.plan_id)
-            .where(Payment.payment_id.in_([r.payment_id for r in decided]))).all())
+    places = payment_decimals(db, (r.payment_id for r in decided))
     rows = [{"payment_id": r.payment_id, "verdict": r.verdict.value,
              "amount": money(r.amount, places.get(r.payment_id, 2)), "last4": r.last4,
              "reason": r.reason, "balance": money(r.balance, places.get(r.payment_id, 2))}

@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -200,7 +201,7 @@ class LedgerEntry(Base):
     # Idempotency key within a kind: Asterisk uniqueid for calls, payment id for top-ups.
     ref: Mapped[str | None] = mapped_column(String(128), nullable=True)
     note: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
     __table_args__ = (UniqueConstraint("kind", "ref", name="uq_ledger_entries_kind_ref"),)
 
@@ -284,6 +285,9 @@ class Cdr(Base):
     cost: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
     currency: Mapped[str] = mapped_column(String(3))
     hangup_cause: Mapped[str] = mapped_column(String(32), default="")
+
+    __table_args__ = (Index("ix_cdrs_started_at_id", "started_at", "id"),
+                      Index("ix_cdrs_card_id_started_at", "card_id", "started_at", "id"))
 
 
 class AuthFailure(Base):
@@ -560,3 +564,97 @@ class LoyaltyEntry(Base):
     ref: Mapped[str] = mapped_column(String(128))
     note: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --------------------------------------------------------------------------- web console
+
+
+class WebUser(Base):
+    """An operator's log-in to the web console (ivr.web.auth): ``role`` one of admin,
+    support, viewer; the password only as an Argon2id hash."""
+
+    __tablename__ = "web_users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True),
+                                                           nullable=True)
+
+
+class WebSession(Base):
+    """A logged-in browser: the cookie's token only as its SHA-256, and the session's
+    CSRF token, which every form must send back."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(45))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebLoginFailure(Base):
+    """A failed web log-in, kept to throttle guessing per address and per user name."""
+
+    __tablename__ = "web_login_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(45))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_web_login_failures_address_at", "address", "at"),
+                      Index("ix_web_login_failures_name_at", "name", "at"))
+
+
+class AuditEntry(Base):
+    """One change made from the web console: who, from where, what, the reason typed.
+    Append-only."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    address: Mapped[str] = mapped_column(String(45))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class WebDownload(Base):
+    """A file the console offers once (a batch's PINs, a voucher batch's codes): the
+    content encrypted under the server's key, deleted when downloaded or expired."""
+
+    __tablename__ = "web_downloads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("web_users.id"))
+    filename: Mapped[str] = mapped_column(String(128))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class CallEvent(Base):
+    """One step of a call's story (ivr.live.trace): ``call_id`` is the caller channel's
+    Asterisk uniqueid; ``kind`` names the step, ``detail`` is compact JSON. Kept for
+    ``call_trace_days``."""
+
+    __tablename__ = "call_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    call_id: Mapped[str] = mapped_column(String(150), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    detail: Mapped[str] = mapped_column(Text, default="")

@@ -253,6 +253,7 @@ class CallController:
             return
         call.answered_at = self.now()
         call.dest_channel = event.get("DestChannel", call.dest_channel)
+        self._step(call, "answer", channel=call.dest_channel)
         self._plan(call)
         if self.charging is not None:
             self._spawn(self.charging.answered(call))
@@ -261,12 +262,15 @@ class CallController:
         uniqueid = event.get("Uniqueid", "")
         call = self._live.get(uniqueid)
         if call is not None:
+            self._step(call, "hangup", channel="caller", cause=event.get("Cause-txt", ""))
             call.cancel_timers()
             if call.adopted:  # no flow will settle it: the next sweep does
                 self.done(call.key)
             return
         for call in self._live.values():  # the called party hung up: no more warnings
             if call.dest_channel and call.dest_channel == event.get("Channel"):
+                self._step(call, "hangup", channel="called",
+                           cause=event.get("Cause-txt", ""))
                 call.cancel_timers()
 
     # ------------------------------------------------------------------ warnings
@@ -354,6 +358,9 @@ class CallController:
             # The call goes on and Asterisk still ends it at its limit; only the warning
             # is lost.
             log.warning("[%s] could not whisper the %s warning: %s", call.uniqueid, kind, exc)
+            self._step(call, "warning", warning=kind, left=left, error=str(exc)[:200])
+        else:
+            self._step(call, "warning", warning=kind, left=left)
 
     def seconds_left(self, call: LiveCall) -> int:
         """Seconds until the call's present limit."""
@@ -380,6 +387,7 @@ class CallController:
         if (call.answered_at is not None and call.dest_channel and self.ami is not None
                 and self.seconds_left(call) < seconds):
             await self._set_limit(call, float(seconds))
+            self._step(call, "limit", left=seconds, why="top-up menu open")
 
     async def extend(self, uniqueid: str, granted: int) -> None:
         """Let a live call last ``granted`` seconds from its answer (its hold grew):
@@ -391,7 +399,9 @@ class CallController:
         if call.answered_at is not None and call.dest_channel:
             if self.ami is None:
                 raise AmiError("no AMI connection to move the call's limit")
-            await self._set_limit(call, granted - (self.now() - call.answered_at))
+            left = granted - (self.now() - call.answered_at)
+            await self._set_limit(call, left)
+            self._step(call, "limit", seconds=granted, left=max(0, round(left)))
         call.granted = granted
         call.held_at = self._elapsed(call)
         self._plan(call)
@@ -415,6 +425,11 @@ class CallController:
         with contextlib.suppress(AmiError):  # the dest limit is the one that counts
             await self.ami.action("Setvar", Channel=call.channel, Variable="TIMEOUT(absolute)",
                                   Value=str(backstop(seconds)))
+
+    def _step(self, call: LiveCall, kind: str, **detail: Any) -> None:
+        """A step of the call's story (ivr.live.trace), through the charging session."""
+        if self.charging is not None:
+            self.charging.step(call.uniqueid, kind, **detail)
 
     def _spawn(self, work: Any) -> None:
         """Run a warning or a renewal in the background, kept by reference until it ends

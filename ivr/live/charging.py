@@ -42,6 +42,7 @@ from .calls import CallKey, CallOutcome, LiveCall
 if TYPE_CHECKING:
     from ..db.models import Reservation
     from .calls import CallController
+    from .trace import CallTrace
 
 log = logging.getLogger("ivr.live.charging")
 
@@ -64,6 +65,7 @@ class Charging:
         self.hold = hold  # seconds held at a time (reservation_hold); 0: all the money
         self.notice = notice
         self.recharge = recharge
+        self.trace: CallTrace | None = None  # each call's story (ivr.live.trace)
         self.controllers: dict[str, CallController] = {}  # by Asterisk name
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -89,6 +91,13 @@ class Charging:
             raise
         if not isinstance(grant, Grant):
             self.done(controller, key)
+            self.step(key.uniqueid, "refused", call=str(key), number=number,
+                      reason=grant.value)
+        else:
+            self.step(key.uniqueid, "grant", call=str(key), number=number,
+                      destination=grant.destination, seconds=grant.seconds,
+                      amount=grant.amount, currency=grant.currency,
+                      affordable=grant.affordable)
         return grant
 
     def track(self, controller: CallController | None, key: CallKey, grant: Grant, *,
@@ -128,10 +137,17 @@ class Charging:
         if outcome.dial_status != "ANSWER":
             await self.db.run(self.ledger.release, reservation_id, uniqueid=str(key),
                               caller=caller, hangup_cause=cause)
+            self.step(key.uniqueid, "end", call=str(key), status=outcome.dial_status,
+                      cause=cause)
             return None
         settlement = await self.db.run(self.ledger.settle, reservation_id, outcome.billsec,
                                        uniqueid=str(key), caller=caller, hangup_cause=cause)
         if not settlement.duplicate:
+            live = controller.live_call(key.uniqueid) if controller is not None else None
+            self.step(key.uniqueid, "end", call=str(key), status="ANSWER", cause=cause,
+                      billsec=outcome.billsec, seconds=settlement.seconds,
+                      cost=settlement.cost, balance=settlement.balance,
+                      currency=live.currency if live is not None else "")
             self._after_call(account_id, controller)
         return settlement
 
@@ -140,6 +156,7 @@ class Charging:
         """Free the hold of a call that never reached Dial. Shielded from the caller's
         hang-up; a failure is logged and left to the recovery sweep (no record, no
         channel: released at no cost)."""
+        self.step(key.uniqueid, "released", call=str(key), why=why)
         try:
             await asyncio.shield(self.db.run(
                 self.ledger.release, reservation_id, uniqueid=str(key), caller=caller,
@@ -162,13 +179,16 @@ class Charging:
         try:
             grant = await self.db.run(self.ledger.extend, call.reservation_id,
                                       hold=controller.next_hold(call))
-        except Exception:
+        except Exception as exc:
             log.exception("[%s] hold of call %s not renewed", call.uniqueid, call.key)
             granted = call.granted
             call.affordable = 0
+            self.step(call.uniqueid, "renew", call=str(call.key), error=str(exc)[:200])
         else:
             granted = grant.seconds
             call.affordable = grant.affordable
+            self.step(call.uniqueid, "renew", call=str(call.key), seconds=grant.seconds,
+                      amount=grant.amount, affordable=grant.affordable)
         await controller.extend(call.uniqueid, granted)
 
     async def renew_due(self, call: LiveCall) -> None:
@@ -187,10 +207,13 @@ class Charging:
 
     async def credited(self, account_id: int, *, but: CallKey | None = None) -> None:
         """Money came into an account: its other live calls may last longer now."""
+        if but is not None:
+            self.step(but.uniqueid, "topup", call=str(but), account=account_id)
         for controller in list(self.controllers.values()):
             for call in controller.calls_of(account_id):
                 if call.key == but or call.answered_at is None:
                     continue
+                self.step(call.uniqueid, "credited", call=str(call.key), account=account_id)
                 try:
                     await self.renew(call)
                 except (AmiError, LookupError) as exc:
@@ -229,6 +252,8 @@ class Charging:
             return
         if not added:
             return
+        self.step(call.uniqueid, "topup", call=str(call.key), account=call.account_id,
+                  auto=True)
         with contextlib.suppress(LookupError):
             await self.renew(call)
         await self.credited(call.account_id, but=call.key)
@@ -252,6 +277,11 @@ class Charging:
         return call
 
     # ------------------------------------------------------------------ plumbing
+
+    def step(self, call_id: str, kind: str, **detail: Any) -> None:
+        """A step of the call's story (ivr.live.trace), when traces are kept."""
+        if self.trace is not None:
+            self.trace.event(call_id, kind, **detail)
 
     def _controller_of(self, call: LiveCall) -> CallController:
         controller = self.controllers.get(call.asterisk)

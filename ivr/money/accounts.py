@@ -1,25 +1,39 @@
-"""Accounts and calling cards: creation, batches, look-up, lock and unlock, and the
-settings an operator gives them (a card's caller ID, an account's auto-recharge and
-low-balance notices) with the rules they must follow."""
+"""Accounts and calling cards: creation, batches, look-up, lock and unlock, operator
+adjustments, and the settings an operator gives them (a card's caller ID, an account's
+auto-recharge and low-balance notices) with the rules they must follow. The CLI and the
+web console both call these; amounts typed by an operator are read by
+:func:`read_amount` and held to their plan's decimals by :func:`check_decimals`."""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
+import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import IO
 
-from sqlalchemy import select
+from sqlalchemy import case, distinct, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from ..db import Database
-from ..db.models import Account, AccountStatus, Card, CardStatus, EntryKind, LedgerEntry
-from ..db.types import display
+from ..db.models import (
+    Account,
+    AccountStatus,
+    Card,
+    CardStatus,
+    Cdr,
+    EntryKind,
+    LedgerEntry,
+    RatingPlan,
+)
+from ..db.types import MONEY_SCALE, as_utc, display
 from ..secrets import hash_pin, new_card_number, new_pin
 from .ledger import LedgerError, credit
 from .rates_store import get_plan
@@ -32,7 +46,67 @@ class NotFound(LookupError):
 class SettingRefused(ValueError):
     """A setting the rules refuse (an auto-recharge that could never fire, a notice to
     something that is no address...). Its message names the settings as the operator
-    gives them (``--threshold``), as the operator is who reads it."""
+    gives them (``--threshold``), as the operator is who reads it; ``field`` names the
+    setting for a form (``threshold``), None when it is about several."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class IssueRefused(SettingRefused):
+    """Card batch options the rules refuse; ``code`` tells the CLI's refusal apart
+    (``missing_option``, ``conflicting_options``, ``refused``)."""
+
+    def __init__(self, message: str, code: str = "refused", field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.code = code
+
+
+class BadAmount(ValueError):
+    """An amount typed by an operator that cannot be taken: not a plain decimal, out of
+    range, or finer than its plan's (currency's) smallest unit."""
+
+
+# --------------------------------------------------------------------------- amounts
+
+# Every amount an operator types (command line or console) is read here: plain ASCII
+# decimals (no exponent, no digits of other scripts, which Python's Decimal would take),
+# below a trillion, at most the 6 decimals the database keeps.
+_AMOUNT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+MAX_AMOUNT = Decimal(10) ** 12
+
+
+def read_amount(text: str, what: str = "amount") -> Decimal:
+    """An amount typed by the operator, exactly; :class:`BadAmount` (one line) if it is
+    not a plain decimal like 12.50, is out of range or has more than 6 decimals."""
+    if not _AMOUNT.fullmatch(text.strip()):
+        raise BadAmount(f"{what}: not an amount: {text!r} (digits with an optional "
+                        "decimal point, like 12.50)")
+    value = Decimal(text.strip())
+    if abs(value) >= MAX_AMOUNT:
+        raise BadAmount(f"{what}: {text} is out of range (below {MAX_AMOUNT:,})")
+    if value != value.quantize(Decimal(1).scaleb(-MONEY_SCALE)):
+        raise BadAmount(f"{what}: {text} has more than {MONEY_SCALE} decimals")
+    return value
+
+
+def read_optional_amount(text: str | None, what: str = "amount") -> Decimal | None:
+    """:func:`read_amount`, or None for nothing typed."""
+    if text is None or not text.strip():
+        return None
+    return read_amount(text, what)
+
+
+def check_decimals(amount: Decimal, decimals: int, whose: str, what: str = "amount") -> None:
+    """Refuse (:class:`BadAmount`) an amount finer than its plan's smallest unit."""
+    if amount != amount.quantize(Decimal(1).scaleb(-decimals)):
+        raise BadAmount(f"{what}: {amount} has more decimals than {whose} allows "
+                        f"({decimals})")
+
+
+def _plan_of(account: Account) -> str:
+    return f"the account's plan ({account.plan.name}, {account.currency})"
 
 
 class CallerIdTaken(SettingRefused):
@@ -84,13 +158,62 @@ def find_card(session: Session, number: str) -> Card:
     return card
 
 
-def history(session: Session, account: Account, limit: int = 50) -> Sequence[LedgerEntry]:
-    return session.scalars(
-        select(LedgerEntry)
-        .where(LedgerEntry.account_id == account.id)
-        .order_by(LedgerEntry.id.desc())
-        .limit(limit)
-    ).all()
+def history(session: Session, account: Account, limit: int = 50,
+            before: int | None = None) -> Sequence[LedgerEntry]:
+    """The account's ledger, newest first; ``before``: an entry id (the next page)."""
+    query = select(LedgerEntry).where(LedgerEntry.account_id == account.id)
+    if before is not None:
+        query = query.where(LedgerEntry.id < before)
+    return session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit)).all()
+
+
+def credit_account(session: Session, number: str, amount: Decimal,
+                   kind: EntryKind = EntryKind.TOPUP, *, ref: str | None = None,
+                   note: str = "") -> tuple[Account, LedgerEntry, bool]:
+    """Credit (or, as an adjustment, debit) account ``number`` by ``amount``, held to its
+    plan's decimals, through the ledger (:func:`ivr.money.ledger.credit`: idempotent per
+    ``ref``). Returns the account, the entry and whether it is new."""
+    account = find_account(session, number)
+    check_decimals(amount, account.plan.decimals, _plan_of(account))
+    entry, new = credit(session, account.id, amount, kind, ref=ref, note=note)
+    return account, entry, new
+
+
+def adjust_balance(session: Session, number: str, amount: str, *, debit: bool,
+                   reason: str) -> tuple[Account, LedgerEntry]:
+    """An operator's adjustment: ``amount`` (as typed, positive) credited, or debited
+    when ``debit``, as an ``adjustment`` ledger entry whose note is the ``reason``. The
+    balance is never set: only entries move it. Refused: a bad or non-positive amount,
+    finer than the plan's decimals (:class:`BadAmount`); no reason
+    (:class:`SettingRefused`); a debit of more than is available, the balance less what
+    live calls hold (LedgerError)."""
+    value = read_amount(amount)
+    if value <= 0:
+        raise BadAmount("amount: give a positive amount (and choose credit or debit)")
+    reason = reason.strip()
+    if not reason:
+        raise SettingRefused("an adjustment needs its reason", "reason")
+    account = find_account(session, number)
+    places = min(account.plan.decimals, 2)
+    if debit and value > account.available:  # checked again under the account's lock
+        raise LedgerError(f"a debit of {display(value, places)} would take the available "
+                          f"balance ({display(account.available, places)} "
+                          f"{account.currency}) below zero")
+    account, entry, _ = credit_account(session, number, -value if debit else value,
+                                       EntryKind.ADJUSTMENT, note=reason)
+    return account, entry
+
+
+def search_accounts(session: Session, text: str = "", limit: int = 50) -> list[Account]:
+    """Accounts whose number starts with ``text`` or whose name contains it (any case),
+    newest first; the newest ones when ``text`` is empty."""
+    query = select(Account).order_by(Account.id.desc()).limit(limit)
+    text = text.strip()
+    if text:
+        query = query.where(or_(
+            Account.number.startswith(text, autoescape=True),
+            func.lower(Account.name).contains(text.lower(), autoescape=True)))
+    return list(session.scalars(query))
 
 
 @dataclass(frozen=True)
@@ -102,6 +225,111 @@ class IssuedCard:
     currency: str
     expires_on: date | None
     decimals: int = 2  # the plan's: the balance is written as everywhere (5 -> 5.00)
+
+
+MAX_BATCH = 100_000
+CARD_FILE_FIELDS = ("card_number", "pin", "account", "balance", "currency", "expires_on")
+
+
+def issue_options(session: Session, *, plan: str | None, balance: str | None,
+                  account: str | None, expires_on: date | None = None,
+                  batch: str | None = None, today: date | None = None) -> tuple[str, Decimal]:
+    """The plan and opening balance of a batch, as the operator gives them (``balance``
+    as typed): new accounts on ``plan`` with ``balance`` each (0 when None), or cards
+    joining existing ``account`` (its plan; they share its balance). Options that would
+    be ignored are refused, not dropped (:class:`IssueRefused`): a ``balance`` with
+    ``account``, another ``plan`` than the account's; so is no plan at all, an expiry
+    date already past, and a ``batch`` label longer than 64 characters. A bad balance:
+    :class:`BadAmount`."""
+    from .rates_store import get_plan
+
+    if batch is not None and not 0 < len(batch) <= 64:
+        raise IssueRefused("a batch label has 1 to 64 characters", field="batch")
+    if expires_on is not None and expires_on < (today or datetime.now(UTC).date()):
+        raise IssueRefused(f"the expiry date {expires_on.isoformat()} is already past",
+                           field="expires")
+    if account is None:
+        if plan is None:
+            raise IssueRefused("give --plan (the new accounts' plan), or --account to add "
+                               "the cards to an existing account", "missing_option", "plan")
+        value = read_amount("0" if balance is None else balance, "--balance")
+        plan_row = get_plan(session, plan)
+        check_decimals(value, plan_row.decimals, f"plan {plan_row.name!r}", "--balance")
+        return plan_row.name, value
+    if balance is not None:
+        raise IssueRefused(f"--balance cannot be used with --account: the cards share "
+                           f"account {account}'s balance (top it up with: ivr accounts "
+                           f"credit {account} AMOUNT)", "conflicting_options", "balance")
+    plan_name = find_account(session, account).plan.name
+    if plan is not None and plan != plan_name:
+        raise IssueRefused(f"--plan {plan} does not match account {account}, which is on "
+                           f"plan {plan_name} (leave --plan out with --account)",
+                           "conflicting_options", "plan")
+    return plan_name, Decimal(0)
+
+
+def plan_names(session: Session) -> list[str]:
+    """The rating plans' names, for a choice of plan."""
+    return list(session.scalars(select(RatingPlan.name).order_by(RatingPlan.name)))
+
+
+def issue_batch(
+    db: Database,
+    plan: str,
+    count: int,
+    balance: Decimal,
+    *,
+    account: str | None = None,
+    shared: bool = False,
+    pin_length: int = 4,
+    number_length: int = 12,
+    expires_on: date | None = None,
+    batch: str | None = None,
+    control: bool = False,
+    then: Callable[[Session, str, list[IssuedCard]], None] | None = None,
+) -> tuple[str, list[IssuedCard]]:
+    """Issue ``count`` cards in one transaction; each gets its own new account with
+    ``balance``, or all share one: existing ``account`` (``balance`` then ignored), or with
+    ``shared`` one new account opened with ``balance``. Returns the batch label and the
+    cards with their PINs, which exist in clear only in what is returned: ``then(session,
+    batch, cards)`` runs in the same transaction (to deliver them, and record who issued
+    them), so if it fails no card is issued."""
+    if count < 1 or count > MAX_BATCH:
+        raise IssueRefused(f"count must be between 1 and {MAX_BATCH}", field="count")
+    if balance < 0:
+        raise IssueRefused("balance cannot be negative", field="balance")
+    if not 4 <= pin_length <= 12:
+        raise IssueRefused("the PIN length must be between 4 and 12 digits",
+                           field="pin_length")
+    batch = batch or f"B{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    pins = [new_pin(pin_length) for _ in range(count)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # scrypt frees the GIL
+        hashes = list(pool.map(hash_pin, pins))
+    issued: list[IssuedCard] = []
+    with db.transaction() as s:
+        owner_of_all = find_account(s, account) if account else None
+        if owner_of_all is None and shared:
+            owner_of_all = create_account(s, plan, balance=balance, name=f"batch {batch}")
+        for i in range(count):
+            owner = owner_of_all or create_account(s, plan, balance=balance)
+            number = _unused_card_number(s, number_length)
+            s.add(Card(
+                number=number,
+                pin_hash=hashes[i],
+                status=CardStatus.ACTIVE,
+                expires_on=expires_on,
+                batch=batch,
+                account_id=owner.id,
+                is_control=control and i == 0,
+                failed_pins=0,
+                created_at=datetime.now(UTC),
+            ))
+            issued.append(IssuedCard(number, pins[i], owner.number, owner.balance,
+                                     owner.currency, expires_on, owner.plan.decimals))
+        s.flush()
+        if then is not None:
+            then(s, batch, issued)
+    return batch, issued
 
 
 def issue_cards(
@@ -118,41 +346,18 @@ def issue_cards(
     batch: str | None = None,
     control: bool = False,
 ) -> list[IssuedCard]:
-    """Issue ``count`` cards; each gets its own account with ``balance``, or all join
-    ``account`` (a shared account; ``balance`` is then ignored). The CSV written to ``out``
-    (mode 0600) is the only place the PINs exist in clear."""
-    if count < 1 or count > 100_000:
-        raise ValueError("count must be between 1 and 100000")
-    if balance < 0:
-        raise ValueError("balance cannot be negative")
+    """Issue ``count`` cards (:func:`issue_batch`); each gets its own account with
+    ``balance``, or all join ``account`` (a shared account; ``balance`` is then ignored).
+    The CSV written to ``out`` (mode 0600) is the only place the PINs exist in clear."""
     if out.exists():
         raise FileExistsError(f"{out} exists; refusing to overwrite a card file")
-    batch = batch or f"B{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
-    pins = [new_pin(pin_length) for _ in range(count)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # scrypt frees the GIL
-        hashes = list(pool.map(hash_pin, pins))
-    issued: list[IssuedCard] = []
-    with db.transaction() as s:
-        shared = find_account(s, account) if account else None
-        for i in range(count):
-            owner = shared or create_account(s, plan, balance=balance)
-            number = _unused_card_number(s, number_length)
-            s.add(Card(
-                number=number,
-                pin_hash=hashes[i],
-                status=CardStatus.ACTIVE,
-                expires_on=expires_on,
-                batch=batch,
-                account_id=owner.id,
-                is_control=control and i == 0,
-                failed_pins=0,
-                created_at=datetime.now(UTC),
-            ))
-            issued.append(IssuedCard(number, pins[i], owner.number, owner.balance,
-                                     owner.currency, expires_on, owner.plan.decimals))
-        s.flush()
-        _write_card_file(out, issued)
-    return issued
+
+    def write(_: Session, __: str, cards: list[IssuedCard]) -> None:
+        _write_card_file(out, cards)
+
+    return issue_batch(db, plan, count, balance, account=account, pin_length=pin_length,
+                       number_length=number_length, expires_on=expires_on, batch=batch,
+                       control=control, then=write)[1]
 
 
 def _unused_card_number(session: Session, length: int) -> str:
@@ -163,18 +368,107 @@ def _unused_card_number(session: Session, length: int) -> str:
     raise RuntimeError("could not find an unused card number; use a longer --number-length")
 
 
+def card_file(cards: list[IssuedCard]) -> bytes:
+    """The card file (CSV: number, PIN, account, balance, currency, expiry) in memory."""
+    buffer = io.StringIO(newline="")
+    _write_rows(buffer, cards)
+    return buffer.getvalue().encode()
+
+
 def _write_card_file(out: Path, cards: list[IssuedCard]) -> None:
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["card_number", "pin", "account", "balance", "currency", "expires_on"])
-        for c in cards:
-            # As every output shows an amount (ivr.cli.common.money): the plan's
-            # decimals up to cents.
-            writer.writerow([c.number, c.pin, c.account,
-                             display(c.balance, min(c.decimals, 2)),
-                             c.currency,
-                             c.expires_on.isoformat() if c.expires_on else ""])
+        _write_rows(f, cards)
+
+
+def _write_rows(f: IO[str], cards: list[IssuedCard]) -> None:
+    writer = csv.writer(f)
+    writer.writerow(CARD_FILE_FIELDS)
+    for c in cards:
+        # As every output shows an amount (ivr.cli.common.money): the plan's
+        # decimals up to cents.
+        writer.writerow([c.number, c.pin, c.account,
+                         display(c.balance, min(c.decimals, 2)),
+                         c.currency,
+                         c.expires_on.isoformat() if c.expires_on else ""])
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """A batch's cards, each counted once: ``expired`` (by status or date), else
+    ``locked`` (locked or blocked), else ``used`` (it has made a call), else ``unused``."""
+
+    batch: str
+    plan: str
+    currency: str
+    created_at: datetime
+    expires_on: date | None
+    accounts: int
+    cards: int
+    used: int
+    unused: int
+    locked: int
+    expired: int
+
+
+def batch_summaries(session: Session, *, batch: str | None = None, limit: int = 200,
+                    today: date | None = None) -> list[BatchSummary]:
+    """The batches, newest first (or the one named ``batch``), with their counts."""
+    today = today or datetime.now(UTC).date()
+    expired = or_(Card.status == CardStatus.EXPIRED,
+                  Card.expires_on.is_not(None) & (Card.expires_on < today))
+    locked = Card.status.in_([CardStatus.LOCKED, CardStatus.BLOCKED])
+    called = exists().where(Cdr.card_id == Card.id)
+    state = case((expired, "expired"), (locked, "locked"), (called, "used"),
+                 else_="unused")
+    query = (select(Card.batch, func.min(RatingPlan.name), func.min(Account.currency),
+                    func.min(Card.created_at), func.max(Card.expires_on),
+                    func.count(distinct(Card.account_id)), func.count(),
+                    *(func.sum(case((state == name, 1), else_=0))
+                      for name in ("used", "unused", "locked", "expired")))
+             .join(Account, Account.id == Card.account_id)
+             .join(RatingPlan, RatingPlan.id == Account.plan_id)
+             .group_by(Card.batch).order_by(func.min(Card.created_at).desc(),
+                                            Card.batch).limit(limit))
+    if batch is not None:
+        query = query.where(Card.batch == batch)
+    return [BatchSummary(name, plan, currency, as_utc(created), expires, int(accounts),
+                         int(cards), int(used or 0), int(unused or 0), int(locked_ or 0),
+                         int(expired_ or 0))
+            for (name, plan, currency, created, expires, accounts, cards, used, unused,
+                 locked_, expired_) in session.execute(query).all()]
+
+
+def search_cards(session: Session, *, number: str = "", batch: str | None = None,
+                 after: int | None = None, limit: int = 100) -> list[Card]:
+    """Cards whose number starts with ``number`` (digits), or of ``batch``, by id;
+    ``after``: the last id already shown."""
+    query = select(Card).order_by(Card.id).limit(limit)
+    number = number.strip()
+    if number:
+        query = query.where(Card.number.startswith(number, autoescape=True))
+    if batch is not None:
+        query = query.where(Card.batch == batch)
+    if after is not None:
+        query = query.where(Card.id > after)
+    return list(session.scalars(query))
+
+
+def cards_of(session: Session, account: Account, limit: int = 100) -> tuple[list[Card], int]:
+    """The first ``limit`` cards of an account (by id) and how many it has in all."""
+    total = session.scalar(select(func.count()).where(Card.account_id == account.id)) or 0
+    cards = session.scalars(select(Card).where(Card.account_id == account.id)
+                            .order_by(Card.id).limit(limit))
+    return list(cards), total
+
+
+def card_state(card: Card, today: date | None = None) -> str:
+    """What a card is now: its status, or ``expired`` past its date."""
+    today = today or datetime.now(UTC).date()
+    if card.status is CardStatus.ACTIVE and card.expires_on is not None \
+            and card.expires_on < today:
+        return CardStatus.EXPIRED.value
+    return card.status.value
 
 
 def set_card_status(session: Session, number: str, status: CardStatus) -> Card:
@@ -247,14 +541,15 @@ def set_auto_recharge(account: Account, threshold: Decimal | None, amount: Decim
         account.auto_recharge_daily_cap = None
         return
     if threshold is None or amount is None:
-        raise SettingRefused("auto-recharge needs both --threshold and --amount")
+        raise SettingRefused("auto-recharge needs both --threshold and --amount",
+                             "threshold" if threshold is None else "amount")
     if threshold < 0:
-        raise SettingRefused("--threshold cannot be negative")
+        raise SettingRefused("--threshold cannot be negative", "threshold")
     if amount <= 0:
-        raise SettingRefused("--amount must be positive")
+        raise SettingRefused("--amount must be positive", "amount")
     if daily_cap is not None and daily_cap < amount:
         raise SettingRefused(f"--daily-cap {daily_cap} is below one recharge of {amount}: "
-                             "auto-recharge could never fire")
+                             "auto-recharge could never fire", "daily_cap")
     account.auto_recharge_threshold = threshold
     account.auto_recharge_amount = amount
     account.auto_recharge_daily_cap = daily_cap
@@ -273,14 +568,14 @@ def set_low_balance_notice(session: Session, account: Account, *,
     from .notify import reset_notice_if_topped_up
 
     if email and "@" not in email:
-        raise SettingRefused(f"not an e-mail address: {email!r}")
+        raise SettingRefused(f"not an e-mail address: {email!r}", "email")
     if below is not None and below < 0:
-        raise SettingRefused("--below cannot be negative")
+        raise SettingRefused("--below cannot be negative", "below")
     sms_number = sms
     if sms:
         sms_number = normalise_callerid(sms, region)
         if sms_number is None:
-            raise SettingRefused(f"not a telephone number: {sms!r}")
+            raise SettingRefused(f"not a telephone number: {sms!r}", "sms")
     if email is not None:
         account.email = email or None
     if sms is not None:

@@ -13,15 +13,23 @@ from there, and only a deck with no problem replaces the plans' rates (one trans
 from __future__ import annotations
 
 import contextlib
+import csv
+import hashlib
+import io
 import itertools
+import json
 import logging
+import os
+import re
+import secrets
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import (
     Column,
@@ -30,6 +38,7 @@ from sqlalchemy import (
     String,
     Table,
     delete,
+    distinct,
     func,
     insert,
     or_,
@@ -42,8 +51,20 @@ from sqlalchemy.orm import Session
 from ..db import Database
 from ..db.models import Rate, RatingPlan
 from ..db.types import MONEY_SCALE, Money, to_micros
-from ..rating import DeckError, Plan, RateRow, RateTable, Rounding, Window
+from ..rating import (
+    DeckError,
+    Plan,
+    Quote,
+    RateRow,
+    RateTable,
+    Rounding,
+    Window,
+    max_seconds,
+    parse_deck,
+    quote,
+)
 from ..rating.deck import DeckFormat, check_rows, iter_deck, parse_days, parse_time, row_problems
+from ..rating.diff import DeckDiff, diff_rows
 from ..rating.money import decimals_of
 
 log = logging.getLogger("ivr.rates")
@@ -96,6 +117,27 @@ def create_plan(
 
 def get_plan(session: Session, name: str) -> RatingPlan:
     row = session.scalar(select(RatingPlan).where(RatingPlan.name == name))
+    if row is None:
+        raise PlanError(f"no plan named {name!r} (create it with `ivr plans create`)")
+    return row
+
+
+class StaleRates(PlanError):
+    """A plan's rates changed since a deck was compared with them: nothing applied."""
+
+    def __init__(self, plan: str, expected: int, found: int) -> None:
+        super().__init__(f"the rates of plan {plan!r} changed since this deck was compared "
+                         f"with them (version {expected}, now {found}): nothing was applied; "
+                         "upload the deck again to see what it changes now")
+        self.plan = plan
+        self.expected = expected
+        self.found = found
+
+
+def _locked_plan(session: Session, name: str) -> RatingPlan:
+    """A plan, its row locked until the transaction ends (PostgreSQL; SQLite's writer
+    holds the whole database already)."""
+    row = session.scalar(select(RatingPlan).where(RatingPlan.name == name).with_for_update())
     if row is None:
         raise PlanError(f"no plan named {name!r} (create it with `ivr plans create`)")
     return row
@@ -194,6 +236,10 @@ def import_deck(
     *,
     currency: str | None = None,
     tz: str = "UTC",
+    only_plan: str | None = None,
+    apply: bool = True,
+    expect_versions: Mapping[str, int] | None = None,
+    on_apply: Callable[[Session, ImportResult], None] | None = None,
 ) -> ImportResult:
     """Replace the rates of every plan named in a deck read from ``source`` (lines of
     CSV), in bounded memory; all or nothing.
@@ -207,6 +253,13 @@ def import_deck(
     short transaction, the staged rows replace the plans' rates. They passed every check
     RateTable.build makes, so the deck compiles. The plans a deck names must exist,
     unless ``currency`` is given: missing ones are then created with it (and ``tz``).
+
+    ``only_plan``: every line must be of that plan (others are bad lines). ``apply``
+    False checks the deck and changes nothing (the result's versions are the plans'
+    current ones). ``expect_versions``: refuse (:class:`StaleRates`, nothing changed) when
+    a plan's rates version is no longer the one given, checked under the plan's row lock
+    in the transaction that applies. ``on_apply(session, result)`` runs last in that
+    transaction (an audit line written with the change).
     """
     stage = _stage_table()
     with db.engine.connect() as conn:
@@ -214,13 +267,22 @@ def import_deck(
         try:
             with conn.begin():
                 stage.create(conn)
-                counts, missing = _stage(conn, stage, source, format, plan, currency, tz)
+                counts, missing = _stage(conn, stage, source, format, plan, currency, tz,
+                                         only_plan)
+                if not apply:
+                    now = dict(conn.execute(select(RatingPlan.name, RatingPlan.rates_version)
+                                            .where(RatingPlan.name.in_(list(counts)))).all())
+                    return ImportResult(counts, {name: now.get(name, 0) for name in counts})
             conn.execution_options(ivr_read_only=False)
             with conn.begin(), Session(bind=conn) as session:
                 for name in missing:
                     if session.scalar(select(RatingPlan.id).where(RatingPlan.name == name)) is None:
                         create_plan(session, name, currency or "", tz)
-                plans = {name: get_plan(session, name) for name in counts}
+                plans = {name: _locked_plan(session, name) for name in counts}
+                for name, expected in (expect_versions or {}).items():
+                    target = plans.get(name) or _locked_plan(session, name)
+                    if target.rates_version != expected:
+                        raise StaleRates(name, expected, target.rates_version)
                 versions: dict[str, int] = {}
                 for name, target in plans.items():
                     session.execute(delete(Rate).where(Rate.plan_id == target.id))
@@ -232,6 +294,9 @@ def import_deck(
                     ["plan_id", *columns],
                     select(RatingPlan.id, *(stage.c[c] for c in columns))
                     .join(RatingPlan, RatingPlan.name == stage.c.plan)))
+                if on_apply is not None:
+                    on_apply(session, ImportResult(counts, versions))
+                    session.flush()
         finally:  # the connection goes back to the pool: leave no staged rows on it
             conn.execution_options(ivr_read_only=True)
             with contextlib.suppress(SQLAlchemyError), conn.begin():
@@ -241,7 +306,7 @@ def import_deck(
 
 def _stage(
     conn: Connection, stage: Table, source: Iterable[str], format: DeckFormat,
-    plan: str | None, currency: str | None, tz: str,
+    plan: str | None, currency: str | None, tz: str, only_plan: str | None = None,
 ) -> tuple[dict[str, int], list[str]]:
     """Parse, check and stage every line; (rows by plan, plans to create) or DeckError."""
     problems = _Problems()
@@ -253,6 +318,10 @@ def _stage(
     columns = ", ".join(f'"{c.name}"' for c in stage.columns)
     sql = f"INSERT INTO {stage.name} ({columns}) VALUES ({', '.join([mark] * len(stage.columns))})"
     for row in iter_deck(source, problems, format, plan):
+        if only_plan is not None and row.plan != only_plan:
+            problems.append((row.line, f"plan {row.plan!r}: this deck is for plan "
+                                       f"{only_plan!r} only"))
+            continue
         if row.plan not in counts:
             counts[row.plan] = 0
             if conn.scalar(select(RatingPlan.id).where(RatingPlan.name == row.plan)) is None:
@@ -514,3 +583,203 @@ def _compile(session: Session, plan_id: int, cached: PlanRates | None) -> PlanRa
 
 def _prefixes(rates: PlanRates) -> int:
     return sum(len(pr.entries) + (pr.fallback is not None) for pr in rates.table.index.values())
+
+
+# --------------------------------------------------------------------------- plans listed
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    name: str
+    currency: str
+    tz: str
+    decimals: int
+    rounding: str
+    max_cost: Decimal | None
+    rates_version: int
+    rates: int  # rows
+    prefixes: int  # distinct prefixes (all services)
+
+
+def list_plans(db: Database) -> list[PlanSummary]:
+    """Every plan with its rates version and how many rates and prefixes it has."""
+    with db.reading() as s:
+        counts = {plan_id: (rows, prefixes) for plan_id, rows, prefixes in s.execute(
+            select(Rate.plan_id, func.count(), func.count(distinct(Rate.prefix)))
+            .group_by(Rate.plan_id))}
+        return [PlanSummary(p.name, p.currency, p.tz, p.decimals, p.rounding, p.max_cost,
+                            p.rates_version, *counts.get(p.id, (0, 0)))
+                for p in s.scalars(select(RatingPlan).order_by(RatingPlan.name))]
+
+
+# --------------------------------------------------------------------------- quotes
+
+
+def plan_table(db: Database, plan_name: str, cache: RatingCache | None = None
+               ) -> tuple[Plan, RateTable]:
+    """A plan and its compiled rates: from ``cache`` (refreshed when the plan's rates
+    changed) or compiled here from the database."""
+    if cache is not None:
+        with db.reading() as s:
+            plan_id = get_plan(s, plan_name).id
+        rates = cache.load(plan_id)
+        return rates.plan, rates.table
+    with db.reading() as s:
+        row = get_plan(s, plan_name)
+        return plan_value(row), load_table(s, [row])
+
+
+def quote_call(db: Database, plan_name: str, number: str, seconds: int, at: datetime,
+               service: str = "voice", *, detail: bool = False,
+               cache: RatingCache | None = None) -> tuple[Plan, Quote]:
+    """What a call of ``seconds`` to ``number`` answered at ``at`` costs (NoRate when the
+    plan has no rate for it); ``detail``: with its pieces."""
+    plan, table = plan_table(db, plan_name, cache)
+    return plan, quote(table, plan, number, seconds, at, service, detail=detail)
+
+
+def longest_call(db: Database, plan_name: str, number: str, balance: Decimal, at: datetime,
+                 service: str = "voice", *, cache: RatingCache | None = None
+                 ) -> tuple[Plan, int, Quote]:
+    """The longest call to ``number`` that ``balance`` pays for (0: refused, the balance
+    does not cover the connect fee or first block), and the quote of that call (of 1 s
+    when 0, for its prefix and destination)."""
+    plan, table = plan_table(db, plan_name, cache)
+    seconds = max_seconds(table, plan, number, balance, at, service)
+    return plan, seconds, quote(table, plan, number, max(seconds, 1), at, service)
+
+
+# --------------------------------------------------------------------------- staged decks
+#
+# A deck uploaded from the console is checked and compared with the plan's current rates,
+# then kept (a file named by a random token, with its SHA-256 and the plan's rates version
+# beside it) until someone confirms it: the confirmation applies exactly those bytes, and
+# only if the plan's rates are still the ones it was compared with.
+
+STAGED_TTL = 24 * 3600  # seconds an unconfirmed deck is kept
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
+class DeckUnreadable(ValueError):
+    """A deck file is not text this importer reads (not UTF-8, broken CSV quoting)."""
+
+
+class StagedDeckGone(LookupError):
+    """No staged deck with this token: applied already, expired, or never staged."""
+
+
+@dataclass(frozen=True)
+class StagedDeck:
+    token: str
+    plan: str
+    format: str
+    sha256: str
+    version: int  # the plan's rates version the deck was compared with
+    rows: int
+    filename: str
+    by: str
+    diff: DeckDiff | None = None  # set when just staged
+
+
+def stage_deck(db: Database, directory: Path, content: bytes, plan: str,
+               format: DeckFormat = "ivr", *, filename: str = "", by: str = "") -> StagedDeck:
+    """Check a deck for ``plan`` as ``ivr rates import`` does (DeckError with every bad
+    line, PlanError, DeckUnreadable), compare it with the plan's current rates and keep
+    it for :func:`apply_staged`. Nothing is applied."""
+    text = _deck_text(content)
+    try:
+        import_deck(db, _lines(text), format, plan, only_plan=plan, apply=False)
+        with db.reading() as s:
+            row = get_plan(s, plan)
+            version = row.rates_version
+            old = load_rows(s, row)
+        new = parse_deck(_lines(text), format=format, plan=plan)
+    except csv.Error as exc:
+        raise DeckUnreadable(f"not a CSV file this importer reads ({exc}); nothing was "
+                             "imported") from None
+    diff = diff_rows(old, new)
+    _prune(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    staged = StagedDeck(token, plan, format, hashlib.sha256(content).hexdigest(), version,
+                        len(new), filename[:200], by)
+    _write_private(directory / f"{token}.csv", content)
+    meta = {k: v for k, v in asdict(staged).items() if k != "diff"}
+    _write_private(directory / f"{token}.json", json.dumps(meta).encode())
+    return replace(staged, diff=diff)
+
+
+def staged_deck(directory: Path, token: str) -> tuple[StagedDeck, bytes]:
+    """A staged deck and its bytes, checked against the SHA-256 taken when staged."""
+    if not _TOKEN.fullmatch(token):
+        raise StagedDeckGone("no such staged deck")
+    try:
+        meta = json.loads((directory / f"{token}.json").read_text())
+        content = (directory / f"{token}.csv").read_bytes()
+    except (OSError, ValueError):
+        raise StagedDeckGone("this deck is no longer waiting for confirmation (applied "
+                             "already, or expired): upload it again") from None
+    staged = StagedDeck(**meta)
+    if hashlib.sha256(content).hexdigest() != staged.sha256:
+        raise StagedDeckGone("the staged copy of this deck changed since it was compared: "
+                             "upload it again")
+    return staged, content
+
+
+def apply_staged(db: Database, directory: Path, token: str, *,
+                 on_apply: Callable[[Session, StagedDeck, ImportResult], None] | None = None,
+                 ) -> tuple[StagedDeck, ImportResult]:
+    """Apply the deck staged as ``token``: exactly the bytes that were compared, and only
+    while the plan's rates version is still the one they were compared with
+    (:class:`StaleRates` otherwise; nothing applied). ``on_apply`` runs in the
+    transaction that applies. The staged copy is removed once applied or stale."""
+    staged, content = staged_deck(directory, token)
+
+    def hook(session: Session, result: ImportResult) -> None:
+        if on_apply is not None:
+            on_apply(session, staged, result)
+
+    try:  # checked again as it is applied: the same bytes, the same checks
+        result = import_deck(db, _lines(_deck_text(content)), cast(DeckFormat, staged.format),
+                             staged.plan, only_plan=staged.plan,
+                             expect_versions={staged.plan: staged.version}, on_apply=hook)
+    except StaleRates:
+        discard_staged(directory, token)
+        raise
+    discard_staged(directory, token)
+    return staged, result
+
+
+def discard_staged(directory: Path, token: str) -> None:
+    if _TOKEN.fullmatch(token):
+        for ext in ("csv", "json"):
+            (directory / f"{token}.{ext}").unlink(missing_ok=True)
+
+
+def _deck_text(content: bytes) -> str:
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DeckUnreadable(f"not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                             "nothing was imported") from None
+
+
+def _lines(text: str) -> Iterable[str]:
+    return io.StringIO(text, newline="")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _prune(directory: Path) -> None:
+    """Remove staged decks older than STAGED_TTL."""
+    if not directory.is_dir():
+        return
+    cutoff = time.time() - STAGED_TTL
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()

@@ -12,16 +12,26 @@ A call counts as answered when it was settled (its reservation is ``settled``, o
 billable seconds); released calls (busy, no answer, failed, hung up before dialling) are
 attempts only. Top-ups are the ledger's ``topup`` and ``voucher`` credits (payments,
 operator credits, opening balances, recharge codes); refunds and adjustments are not.
+
+The console lists call records newest first (by start time, then id: the index
+``ix_cdrs_started_at_id``), keyed on the last record shown, and both the console and the
+CLI read their filters with :func:`cdr_filter` and write CSV with :func:`cdr_record`,
+:func:`report_record` and :func:`write_csv`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import csv
+import io
+import re
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
-from zoneinfo import ZoneInfo
+from typing import IO, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
     BigInteger,
@@ -34,9 +44,12 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    tuple_,
 )
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, aliased
 
+from ..db import Database
 from ..db.models import (
     Account,
     Card,
@@ -47,12 +60,14 @@ from ..db.models import (
     Reservation,
     ReservationStatus,
 )
-from ..db.types import as_utc
+from ..db.types import as_utc, display
 from .accounts import NotFound
 
 PAGE_SIZE = 1000
+CSV_CHUNK = 2000  # call records per piece of a CSV export (one read transaction each)
 GROUPS_PER_FETCH = 5000  # grouped report rows fetched at a time (a server-side cursor)
 UTC_ZONE = ZoneInfo("UTC")
+_SQLITE_INTERRUPT = 9
 TOPUP_KINDS = (EntryKind.TOPUP, EntryKind.VOUCHER)
 Period = Literal["daily", "monthly"]
 GroupBy = Literal["destination", "plan"] | None
@@ -67,6 +82,43 @@ class CdrFilter:
     destination: str | None = None  # digits: dialled number prefix; else destination name
     status: Literal["answered", "unanswered"] | None = None
     cause: str | None = None  # hang-up cause (BUSY, NOANSWER, ...), case-insensitive
+
+
+CDR_FIELDS = ("id", "uniqueid", "started_at", "answered_at", "ended_at", "account", "card",
+              "caller", "destination", "destination_name", "prefix", "plan", "service",
+              "status", "billable_seconds", "cost", "currency", "hangup_cause")
+REPORT_FIELDS = ("period", "group", "currency", "calls", "answered", "asr", "minutes",
+                 "seconds", "acd", "revenue", "topups")
+STATUSES = ("answered", "unanswered")
+_MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be read; ``field`` names it (``from``, ``to``, ``tz``,
+    ``status``), the message says why without naming it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class RangeError(FilterError):
+    """The end of a time range is not after its start."""
+
+    def __init__(self) -> None:
+        super().__init__("to", "not after the start")
+
+
+class TooSlow(Exception):
+    """A search stopped at its time limit (:func:`time_limit`)."""
+
+
+class UnknownNumber(NotFound):
+    """A filter names a card or account that does not exist (``what``: card, account)."""
+
+    def __init__(self, what: str, number: str) -> None:
+        super().__init__(f"no {what} {number}")
+        self.what = what
 
 
 @dataclass(frozen=True)
@@ -144,8 +196,108 @@ def _utc(value: datetime) -> datetime:
 def _resolve(s: Session, model: type[Account] | type[Card], number: str, what: str) -> int:
     found = s.scalar(select(model.id).where(model.number == number))
     if found is None:
-        raise NotFound(f"no {what} {number}")
+        raise UnknownNumber(what, number)
     return found
+
+
+@contextmanager
+def time_limit(s: Session, seconds: float | None) -> Iterator[None]:
+    """Stop the statements ``s`` runs in the block after ``seconds`` (None: no limit) with
+    :class:`TooSlow`: SQLite through a progress handler, PostgreSQL with a local
+    ``statement_timeout``. For searches on filters no index covers (a destination or
+    cause that few records match scans the whole table): given a limit under the
+    database's timeout, such a search gives its worker thread back instead of running on
+    after its page has given up."""
+    if seconds is None:
+        yield
+        return
+    conn = s.connection()
+    raw: Any = None
+    previous: Any = None
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.driver_connection
+        deadline = time.monotonic() + seconds
+        raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
+    else:
+        previous = conn.exec_driver_sql("SHOW statement_timeout").scalar()
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}")
+    try:
+        yield
+    except OperationalError as exc:
+        code = getattr(exc.orig, "sqlite_errorcode", None)
+        if code == _SQLITE_INTERRUPT or getattr(exc.orig, "sqlstate", None) == "57014":
+            raise TooSlow(f"stopped after {seconds:g} s") from exc
+        raise
+    else:
+        if previous is not None:  # the rest of the transaction as before
+            conn.execute(select(func.set_config("statement_timeout", previous, True)))
+    finally:
+        if raw is not None:
+            raw.set_progress_handler(None, 0)
+
+
+def parse_zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise FilterError("tz", f"unknown time zone {name!r} (like UTC or Europe/Paris)"
+                          ) from None
+
+
+def parse_time(text: str | None, tz: ZoneInfo, *, end: bool,
+               field: str = "from") -> datetime | None:
+    """A month (YYYY-MM), a day (YYYY-MM-DD) or an ISO time, in ``tz`` unless it gives its
+    offset; None for nothing. A month or day given as the ``end`` includes it."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    if _MONTH.fullmatch(text):
+        year, month = int(text[:4]), int(text[5:])
+        if not 1 <= month <= 12:
+            raise FilterError(field, f"not a month: {text!r}")
+        if end:
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        return datetime(year, month, 1, tzinfo=tz)
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text) + timedelta(days=1 if end else 0)
+            return datetime(day.year, day.month, day.day, tzinfo=tz)
+        value = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise FilterError(field, f"not a month, day or time: {text!r} (like 2026-11, "
+                                 "2026-11-18 or 2026-11-18T09:30)") from None
+    return value if value.tzinfo else value.replace(tzinfo=tz)
+
+
+def parse_range(start: str | None, end: str | None,
+                tz: ZoneInfo) -> tuple[datetime | None, datetime | None]:
+    """``start`` and ``end`` as :func:`parse_time` reads them (fields ``from``, ``to``);
+    :class:`RangeError` when the end is not after the start."""
+    first = parse_time(start, tz, end=False, field="from")
+    last = parse_time(end, tz, end=True, field="to")
+    if first is not None and last is not None and last <= first:
+        raise RangeError()
+    return first, last
+
+
+def cdr_filter(*, start: str | None = None, end: str | None = None, tz: ZoneInfo = UTC_ZONE,
+               card: str | None = None, account: str | None = None,
+               destination: str | None = None, status: str | None = None,
+               cause: str | None = None) -> CdrFilter:
+    """A filter from what an operator typed (blank: no filter on it); FilterError names
+    the field it cannot read. Card and account numbers are checked when read."""
+    def text(value: str | None) -> str | None:
+        return (value or "").strip() or None
+
+    first, last = parse_range(start, end, tz)
+    wanted = text(status)
+    if wanted is not None and wanted not in STATUSES:
+        raise FilterError("status", "answered or unanswered")
+    return CdrFilter(start=first, end=last, card=text(card), account=text(account),
+                     destination=text(destination),
+                     status="answered" if wanted == "answered" else
+                     "unanswered" if wanted == "unanswered" else None,
+                     cause=text(cause))
 
 
 def _filtered(s: Session, query: Select[Any], f: CdrFilter) -> Select[Any]:
@@ -172,30 +324,52 @@ def _filtered(s: Session, query: Select[Any], f: CdrFilter) -> Select[Any]:
 
 
 def iter_cdrs(s: Session, f: CdrFilter = CdrFilter(), *, limit: int | None = None,
-              page_size: int | None = None) -> Iterator[CdrRow]:
-    """The call records matching ``f``, oldest first (by id), read ``page_size`` at a time.
-    Unknown account or card numbers raise NotFound here, before any row is read."""
+              page_size: int | None = None, newest_first: bool = False,
+              after: int | None = None) -> Iterator[CdrRow]:
+    """The call records matching ``f``, oldest first by id, or ``newest_first``: by start
+    time, latest first (ties: the higher id first); read ``page_size`` at a time.
+    ``after``: the id of the last record already shown; the listing goes on from it
+    (a keyset: a page deep in the listing costs what the first does; newest first, an id
+    that does not exist gives nothing). Unknown account or card numbers raise NotFound
+    (UnknownNumber) here, before any row is read."""
     base = _filtered(s, select(Cdr.id), f)
-    return _pages(s, base, limit, page_size or PAGE_SIZE)
+    position: tuple[Any, int] | None = None
+    if after is not None:
+        started = None  # oldest first: the id alone
+        if newest_first:
+            started = s.connection().scalar(select(Cdr.started_at).where(Cdr.id == after))
+            if started is None:
+                return iter(())
+        position = (started, after)
+    return _pages(s, base, limit, page_size or PAGE_SIZE, newest_first, position)
 
 
-def _pages(s: Session, base: Select[Any], limit: int | None,
-           page_size: int) -> Iterator[CdrRow]:
+def _pages(s: Session, base: Select[Any], limit: int | None, page_size: int,
+           newest_first: bool = False,
+           position: tuple[Any, int] | None = None) -> Iterator[CdrRow]:
+    """``position``: the (started_at, id) of the last record given, as read (not made
+    aware: bound back exactly as stored)."""
     conn = s.connection()  # Core rows: no ORM loading per row
     card = aliased(Card)
-    last, left = 0, limit
+    order = (Cdr.started_at.desc(), Cdr.id.desc()) if newest_first else (Cdr.id.asc(),)
+    left = limit
     while left is None or left > 0:
         size = page_size if left is None else min(page_size, left)
-        # The page's ids from cdrs alone (its primary key, in order), then their columns:
-        # each page costs the same however far the listing has gone.
-        ids = base.where(Cdr.id > last).order_by(Cdr.id).limit(size).subquery()
+        # The page's ids from cdrs alone (by its primary key, or newest first by the index
+        # on (started_at, id)), then their columns: each page costs the same however far
+        # the listing has gone.
+        query = base
+        if position is not None:
+            query = query.where(tuple_(Cdr.started_at, Cdr.id) < position if newest_first
+                                else Cdr.id > position[1])
+        ids = query.order_by(*order).limit(size).subquery()
         page = conn.execute(select(
             Cdr.id, Cdr.uniqueid, Cdr.started_at, Cdr.answered_at, Cdr.ended_at,
             Account.number, card.number, Cdr.caller, Cdr.destination, Cdr.destination_name,
             Cdr.prefix, Cdr.plan, Cdr.service, _answered(), Cdr.billable_seconds, Cdr.cost,
             Cdr.currency, Cdr.hangup_cause,
         ).join(ids, ids.c.id == Cdr.id).join(Account, Account.id == Cdr.account_id)
-         .outerjoin(card, card.id == Cdr.card_id).order_by(Cdr.id)).all()
+         .outerjoin(card, card.id == Cdr.card_id).order_by(*order)).all()
         for (id_, uniqueid, started, answered_at, ended, account, card_number, caller,
              destination, destination_name, prefix, plan, service, answered, seconds, cost,
              currency, cause) in page:
@@ -204,9 +378,70 @@ def _pages(s: Session, base: Select[Any], limit: int | None,
                          plan, service, bool(answered), seconds, cost, currency, cause)
         if len(page) < size:
             return
-        last = page[-1][0]
+        position = (page[-1][2], page[-1][0])
         if left is not None:
             left -= len(page)
+
+
+def amount_text(amount: Decimal, decimals: int) -> str:
+    """An amount as the CLI and the CSV files show it (ivr.cli.common.money): the
+    currency's decimals up to cents, never a digit less than the amount has."""
+    return display(amount, min(decimals, 2))
+
+
+def iso_time(value: datetime | None, tz: ZoneInfo) -> str | None:
+    """A time as the CLI's JSON and CSV give it: ISO 8601 in ``tz``, to the second."""
+    return None if value is None else value.astimezone(tz).isoformat(timespec="seconds")
+
+
+def cdr_record(r: CdrRow, tz: ZoneInfo, decimals: dict[str, int]) -> dict[str, Any]:
+    """A call record as ``ivr cdrs list --json/--csv`` and the console's export give it
+    (CDR_FIELDS; times ISO 8601 in ``tz``; ``decimals`` from :func:`currency_decimals`)."""
+    return {"id": r.id, "uniqueid": r.uniqueid, "started_at": iso_time(r.started_at, tz),
+            "answered_at": iso_time(r.answered_at, tz), "ended_at": iso_time(r.ended_at, tz),
+            "account": r.account, "card": r.card, "caller": r.caller,
+            "destination": r.destination, "destination_name": r.destination_name,
+            "prefix": r.prefix, "plan": r.plan, "service": r.service,
+            "status": "answered" if r.answered else "unanswered",
+            "billable_seconds": r.billable_seconds,
+            "cost": amount_text(r.cost, decimals.get(r.currency, 2)), "currency": r.currency,
+            "hangup_cause": r.hangup_cause}
+
+
+def write_csv(out: IO[str], fields: Iterable[str], rows: Iterable[dict[str, Any]], *,
+              header: bool = True) -> None:
+    """``rows`` as CSV (``\\n`` line ends, None as an empty cell), written as they come."""
+    writer = csv.DictWriter(out, list(fields), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+
+
+def cdr_csv(db: Database, f: CdrFilter = CdrFilter(), *, tz: ZoneInfo = UTC_ZONE,
+            chunk: int | None = None, seconds: float | None = None) -> Iterator[str]:
+    """The call records matching ``f`` as the CSV of ``ivr cdrs list --csv`` (header
+    first, oldest first), in pieces of ``chunk`` records. Each piece is read in a read
+    transaction of its own, going on from the last id of the one before (a keyset), and
+    none is open between pieces: a slow download holds no connection or snapshot, and a
+    million records are never in memory at once. An unknown card or account raises
+    NotFound when the first piece is asked for; ``seconds``: each piece's
+    :func:`time_limit`."""
+    size = chunk or CSV_CHUNK
+    after: int | None = None
+    decimals: dict[str, int] | None = None
+    while True:
+        out = io.StringIO()
+        with db.reading() as s:
+            if decimals is None:
+                decimals = currency_decimals(s)
+            with time_limit(s, seconds):
+                rows = list(iter_cdrs(s, f, limit=size, page_size=size, after=after))
+        write_csv(out, CDR_FIELDS, (cdr_record(r, tz, decimals) for r in rows),
+                  header=after is None)
+        yield out.getvalue()
+        if len(rows) < size:
+            return
+        after = rows[-1].id
 
 
 # ----------------------------------------------------------------------------- reports
@@ -293,6 +528,38 @@ def report(s: Session, period: Period, *, by: GroupBy = None,
             assert target.topups is not None
             target.topups += r.amount or Decimal(0)
     return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] or "", k[2]))]
+
+
+def report_record(r: ReportRow, decimals: int) -> dict[str, Any]:
+    """A report row as ``ivr reports --json/--csv`` and the console's download give it
+    (REPORT_FIELDS; ``decimals``: its currency's)."""
+    def text(value: Decimal | None) -> str | None:
+        return None if value is None else str(value)
+
+    return {"period": r.period, "group": r.group, "currency": r.currency, "calls": r.calls,
+            "answered": r.answered, "asr": text(r.asr), "minutes": str(r.minutes),
+            "seconds": r.seconds, "acd": text(r.acd),
+            "revenue": amount_text(r.revenue, decimals),
+            "topups": None if r.topups is None else amount_text(r.topups, decimals)}
+
+
+def period_totals(rows: Iterable[ReportRow]) -> list[ReportRow]:
+    """Grouped report rows summed per period and currency (the groups folded together),
+    in order: what a chart of the periods shows."""
+    totals: dict[tuple[str, str], ReportRow] = {}
+    for r in rows:
+        key = (r.period, r.currency)
+        if key not in totals:
+            totals[key] = ReportRow(r.period, None, r.currency,
+                                    topups=None if r.topups is None else Decimal(0))
+        t = totals[key]
+        t.calls += r.calls
+        t.answered += r.answered
+        t.seconds += r.seconds
+        t.revenue += r.revenue
+        if t.topups is not None and r.topups is not None:
+            t.topups += r.topups
+    return [totals[k] for k in sorted(totals)]
 
 
 def currency_decimals(s: Session) -> dict[str, int]:

@@ -3,11 +3,11 @@
 A code is ``length`` digits from the CSPRNG whose last digit is a Luhn check digit, so a
 mistyped code is refused without looking it up. The database keeps only a keyed hash of
 the code (HMAC-SHA256 under the server's secret key: ``App.secret_key``, from
-ivr.secrets.load_secret_key) and its last four digits: the CSV written at generation
-(mode 0600, never overwritten) is the one clear copy. A plain hash would not do: codes
-are short digit strings, so anyone with a copy of the database could try them all
-offline; without the key they cannot. Codes stored by earlier versions under plain
-SHA-256 are still found (``_hashes``).
+ivr.secrets.load_secret_key) and its last four digits: the CSV made at generation (a
+file of mode 0600, never overwritten, or the console's one-time download) is the one
+clear copy. A plain hash would not do: codes are short digit strings, so anyone with a
+copy of the database could try them all offline; without the key they cannot. Codes
+stored by earlier versions under plain SHA-256 are still found (``_hashes``).
 
 Exactly once: a redemption is a conditional ``UPDATE vouchers SET status='redeemed' ...
 WHERE code_hash IN (:hashes) AND status = 'new'`` whose row count decides, and the credit is
@@ -29,6 +29,7 @@ import csv
 import enum
 import hashlib
 import hmac
+import io
 import logging
 import os
 import secrets
@@ -37,15 +38,25 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import Database, lock_account, rows_changed
-from ..db.models import Account, AccountStatus, Card, CardStatus, EntryKind, Voucher, VoucherStatus
+from ..db.models import (
+    Account,
+    AccountStatus,
+    Card,
+    CardStatus,
+    EntryKind,
+    RatingPlan,
+    Voucher,
+    VoucherStatus,
+)
 from ..db.types import as_utc, display, to_micros
 from ..secrets import luhn_valid, random_digits, with_check_digit
 from .accounts import NotFound
 from .ledger import LedgerError, credit
+from .listing import newest_page
 
 log = logging.getLogger("ivr.money.vouchers")
 
@@ -141,46 +152,102 @@ def generate(
     """Create ``count`` vouchers worth ``value`` ``currency`` each and write their codes to
     ``out`` (CSV: code, value, currency, expires_on, batch; mode 0600; an existing file
     is never overwritten). Only the codes' hashes reach the database."""
-    if isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
-        raise ValueError(f"count must be between 1 and {MAX_COUNT}")
-    if not isinstance(value, Decimal):
-        raise TypeError("a voucher's value is a Decimal")
-    to_micros(value)  # MoneyPrecisionError (a ValueError) for too many decimals
-    if value <= 0:
-        raise ValueError(f"a voucher's value must be positive, not {value}")
-    currency = currency.strip().upper()
-    if len(currency) != 3 or not (currency.isascii() and currency.isalpha()):
-        raise ValueError(f"currency must be three letters (ISO 4217), not {currency!r}")
-    if not MIN_LENGTH <= length <= MAX_LENGTH:
-        raise ValueError(f"code length must be between {MIN_LENGTH} and {MAX_LENGTH}")
-    batch = batch or f"V{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
-    if len(batch) > 64:
-        raise ValueError("batch label is at most 64 characters")
+    _check(count, value, currency, length, batch)
     if out.exists():
         raise FileExistsError(f"{out} exists; refusing to overwrite a voucher file")
 
     created = False
     try:
         with db.transaction() as s:
-            codes = _unused_codes(s, count, length, key)
-            now = datetime.now(UTC)
-            s.execute(insert(Voucher), [
-                {"code_hash": code_hash(c, key), "last4": c[-4:], "value": value,
-                 "currency": currency, "batch": batch, "status": VoucherStatus.NEW,
-                 "expires_on": expires_on, "created_at": now}
-                for c in codes
-            ])
-            issued = [IssuedVoucher(c, value, currency, expires_on, batch) for c in codes]
+            issued = issue(s, count, value, currency, length=length, expires_on=expires_on,
+                           batch=batch, key=key)
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             created = True
-            _write_voucher_file(fd, issued)
+            with os.fdopen(fd, "w", newline="") as f:
+                f.write(voucher_csv(issued))
     except BaseException:
         if created:  # the codes in it were never committed
             out.unlink(missing_ok=True)
         raise
+    return issued
+
+
+def issue(
+    s: Session,
+    count: int,
+    value: Decimal,
+    currency: str,
+    *,
+    length: int = 14,
+    expires_on: date | None = None,
+    batch: str | None = None,
+    key: bytes,
+) -> list[IssuedVoucher]:
+    """Create ``count`` vouchers in ``s`` (the caller's transaction) and return them with
+    their codes, kept in memory only: the caller hands them out once (a file, a one-time
+    download, :func:`voucher_csv`) in that transaction or not at all. Only the codes'
+    hashes reach the database. :class:`VoucherRefused` for a bad count, value (finer than
+    the currency's plans' unit too), currency, length or batch label."""
+    currency, batch = _check(count, value, currency, length, batch)
+    _check_decimals(s, value, currency)
+    codes = _unused_codes(s, count, length, key)
+    now = datetime.now(UTC)
+    s.execute(insert(Voucher), [
+        {"code_hash": code_hash(c, key), "last4": c[-4:], "value": value,
+         "currency": currency, "batch": batch, "status": VoucherStatus.NEW,
+         "expires_on": expires_on, "created_at": now}
+        for c in codes
+    ])
     log.info("%d voucher(s) of %s %s generated, batch %s", count, display(value), currency,
              batch)
-    return issued
+    return [IssuedVoucher(c, value, currency, expires_on, batch) for c in codes]
+
+
+class VoucherRefused(ValueError):
+    """A batch that cannot be issued as asked; ``field`` names what is wrong (count,
+    value, currency, length, batch) for a form."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def _check(count: int, value: Decimal, currency: str, length: int,
+           batch: str | None) -> tuple[str, str]:
+    """The currency (upper case) and the batch label (given, or a new one);
+    :class:`VoucherRefused` (TypeError for a value that is not a Decimal) for anything
+    that cannot be issued."""
+    if isinstance(count, bool) or not 1 <= count <= MAX_COUNT:
+        raise VoucherRefused(f"count must be between 1 and {MAX_COUNT}", "count")
+    if not isinstance(value, Decimal):
+        raise TypeError("a voucher's value is a Decimal")
+    try:
+        to_micros(value)
+    except ValueError as exc:  # too many decimals
+        raise VoucherRefused(str(exc), "value") from None
+    if value <= 0:
+        raise VoucherRefused(f"a voucher's value must be positive, not {value}", "value")
+    currency = currency.strip().upper()
+    if len(currency) != 3 or not (currency.isascii() and currency.isalpha()):
+        raise VoucherRefused(f"currency must be three letters (ISO 4217), not {currency!r}",
+                             "currency")
+    if not MIN_LENGTH <= length <= MAX_LENGTH:
+        raise VoucherRefused(f"code length must be between {MIN_LENGTH} and {MAX_LENGTH}",
+                             "length")
+    batch = batch or f"V{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    if len(batch) > 64:
+        raise VoucherRefused("batch label is at most 64 characters", "batch")
+    return currency, batch
+
+
+def _check_decimals(s: Session, value: Decimal, currency: str) -> None:
+    """A value finer than the smallest unit of the currency's plans is refused (any
+    value in a currency no plan uses)."""
+    decimals = s.scalar(select(func.max(RatingPlan.decimals))
+                        .where(RatingPlan.currency == currency))
+    if decimals is not None and value != value.quantize(Decimal(1).scaleb(-decimals)):
+        raise VoucherRefused(f"{value} has more decimals than the {currency} plans allow "
+                             f"({decimals})", "value")
 
 
 def _unused_codes(s: Session, count: int, length: int, key: bytes) -> list[str]:
@@ -206,13 +273,16 @@ def _unused_codes(s: Session, count: int, length: int, key: bytes) -> list[str]:
     raise RuntimeError("could not find enough unused codes; use a longer --length")
 
 
-def _write_voucher_file(fd: int, vouchers: list[IssuedVoucher]) -> None:
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["code", "value", "currency", "expires_on", "batch"])
-        for v in vouchers:
-            writer.writerow([v.code, display(v.value), v.currency,
-                             v.expires_on.isoformat() if v.expires_on else "", v.batch])
+def voucher_csv(vouchers: list[IssuedVoucher]) -> str:
+    """The codes file (CSV: code, value, currency, expires_on, batch): their one clear
+    copy."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(["code", "value", "currency", "expires_on", "batch"])
+    for v in vouchers:
+        writer.writerow([v.code, display(v.value), v.currency,
+                         v.expires_on.isoformat() if v.expires_on else "", v.batch])
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- redeem
@@ -340,21 +410,63 @@ def void(db: Database, code: str, *, key: bytes) -> VoucherInfo:
     """Cancel an unused voucher (lost, stolen, misprinted). Voiding twice is harmless; a
     redeemed voucher cannot be voided."""
     with db.transaction() as s:
-        voucher = _get(s, code, key)
-        claimed = s.execute(
-            update(Voucher)
-            .where(Voucher.id == voucher.id, Voucher.status == VoucherStatus.NEW)
-            .values(status=VoucherStatus.VOID)
-            .execution_options(synchronize_session=False)
-        )
-        s.refresh(voucher)
-        changed = rows_changed(claimed)
-        if changed != 1 and voucher.status is VoucherStatus.REDEEMED:
-            raise LedgerError(f"voucher ...{voucher.last4} was already redeemed; "
-                              "it cannot be voided")
-        if changed == 1:
-            log.info("voucher ...%s voided", voucher.last4)
-        return _info(s, voucher)
+        return _void(s, _get(s, code, key))
+
+
+def void_voucher(s: Session, voucher_id: int) -> VoucherInfo:
+    """:func:`void` by the voucher's id (as listed, where its code is not), in ``s`` (the
+    caller's transaction); NotFound if there is none."""
+    voucher = s.get(Voucher, voucher_id)
+    if voucher is None:
+        raise NotFound(f"no voucher #{voucher_id}")
+    return _void(s, voucher)
+
+
+def _void(s: Session, voucher: Voucher) -> VoucherInfo:
+    claimed = s.execute(
+        update(Voucher)
+        .where(Voucher.id == voucher.id, Voucher.status == VoucherStatus.NEW)
+        .values(status=VoucherStatus.VOID)
+        .execution_options(synchronize_session=False)
+    )
+    s.refresh(voucher)
+    changed = rows_changed(claimed)
+    if changed != 1 and voucher.status is VoucherStatus.REDEEMED:
+        raise LedgerError(f"voucher ...{voucher.last4} was already redeemed; "
+                          "it cannot be voided")
+    if changed == 1:
+        log.info("voucher ...%s voided", voucher.last4)
+    return _info(s, voucher)
+
+
+def list_vouchers(
+    db: Database,
+    *,
+    status: VoucherStatus | None = None,
+    batch: str | None = None,
+    account: str | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    before: int | None = None,
+    limit: int = 100,
+) -> list[VoucherInfo]:
+    """Vouchers, the newest first (keyset pages: ``before`` an id), never their codes:
+    of ``status``, of ``batch``, redeemed by ``account`` (its number; NotFound if none),
+    created in [``start``, ``end``)."""
+    with db.reading() as s:
+        query = newest_page(
+            s, select(Voucher, Account.number)
+            .outerjoin(Account, Account.id == Voucher.redeemed_by),
+            id_column=Voucher.id, created_column=Voucher.created_at,
+            account_column=Voucher.redeemed_by, account=account, start=start, end=end,
+            before=before, limit=limit)
+        if status is not None:
+            query = query.where(Voucher.status == status)
+        if batch:
+            query = query.where(Voucher.batch == batch)
+        return [VoucherInfo(v.id, v.last4, v.value, v.currency, v.batch, v.status,
+                            v.expires_on, as_utc(v.redeemed_at), number, as_utc(v.created_at))
+                for v, number in s.execute(query)]
 
 
 def _get(s: Session, code: str, key: bytes) -> Voucher:

@@ -31,7 +31,7 @@ from .audio import (
     to_asterisk,
 )
 from .catalogue import Catalogue, CatalogueError, Prompt, text_hash
-from .store import PromptStore
+from .store import PromptStore, Version
 
 IMPORT_TYPES = ("wav", "mp3", "flac", "ogg")
 
@@ -249,14 +249,9 @@ def plan_import(catalogue: Catalogue, directory: Path, lang: str | None = None
     for path, file_lang in candidates:
         if path.name.startswith("."):
             continue
-        ext = path.suffix.lower().lstrip(".")
-        if ext not in IMPORT_TYPES:
-            problems.append(f"{path.name}: not an audio file this import takes "
-                            f"({', '.join(IMPORT_TYPES)})")
-            continue
-        if ext not in readable:
-            hint = " (install libsox-fmt-mp3)" if ext == "mp3" else ""
-            problems.append(f"{path.name}: this sox cannot read .{ext}{hint}")
+        problem = type_problem(path.name, readable)
+        if problem:
+            problems.append(problem)
             continue
         stem = path.stem
         prompt = (catalogue.by_number(int(stem)) if stem.isdigit()
@@ -275,6 +270,67 @@ def plan_import(catalogue: Catalogue, directory: Path, lang: str | None = None
     if not items:
         raise CatalogueError(f"no recordings in {directory}")
     return items
+
+
+def type_problem(name: str, readable: set[str] | None = None) -> str | None:
+    """Why a file of this name cannot be imported (None: its type can)."""
+    ext = Path(name).suffix.lower().lstrip(".")
+    if ext not in IMPORT_TYPES:
+        return f"{name}: not an audio file this import takes ({', '.join(IMPORT_TYPES)})"
+    if ext not in (sox_formats() if readable is None else readable):
+        hint = " (install libsox-fmt-mp3)" if ext == "mp3" else ""
+        return f"{name}: this sox cannot read .{ext}{hint}"
+    return None
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A studio recording converted for Asterisk (``stem.wav``/``stem.ulaw`` in a work
+    directory of the store), not yet a version: see :func:`commit_recording`."""
+
+    prompt: Prompt
+    lang: str
+    stem: Path
+    duration: float
+    origin: str
+
+
+def prepare_recording(catalogue: Catalogue, store: PromptStore, prompt_id: str, lang: str,
+                      source: Path, name: str | None = None) -> Recording:
+    """Check and convert one recording of ``prompt_id`` in ``lang`` (trimmed and
+    normalised as ``ivr prompts import`` does); CatalogueError or AudioError, with
+    nothing changed, when it cannot be used. ``name``: the file's name as its owner
+    knows it (default ``source``'s)."""
+    prompt = catalogue.get(prompt_id)
+    catalogue.check_languages([lang])
+    name = name or source.name
+    problem = type_problem(name)
+    if problem:
+        raise CatalogueError(problem)
+    work = Path(tempfile.mkdtemp(prefix="import-", dir=store.tmp_dir))
+    try:
+        duration = to_asterisk(source, work / "recording", STUDIO_EFFECTS)
+    except AudioError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise AudioError(f"{name}: cannot be used ({exc}); nothing was imported") from None
+    return Recording(prompt, lang, work / "recording", duration, f"import:{name}")
+
+
+def commit_recording(store: PromptStore, recording: Recording, *, by: str | None = None
+                     ) -> Version:
+    """Make a prepared recording the prompt's new current version."""
+    try:
+        return store.add_version(
+            recording.prompt.id, recording.lang, recording.stem, source="recorded",
+            duration=recording.duration,
+            text_hash=text_hash(recording.prompt.text[recording.lang]),
+            by=by, origin=recording.origin)
+    finally:
+        shutil.rmtree(recording.stem.parent, ignore_errors=True)
+
+
+def discard_recording(recording: Recording) -> None:
+    shutil.rmtree(recording.stem.parent, ignore_errors=True)
 
 
 def import_recordings(catalogue: Catalogue, store: PromptStore, directory: Path,

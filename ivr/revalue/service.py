@@ -70,6 +70,7 @@ from ..db.models import (
 )
 from ..db.types import to_micros
 from ..money.ledger import credit
+from ..money.listing import newest_page
 from ..payments.gateway import PaymentGateway
 from . import codes as codes_
 from . import loyalty
@@ -646,12 +647,18 @@ def _info(s: Session, rev: Revaluation, events: bool) -> RevaluationInfo:
 
 
 def list_revaluations(db: Database, *, state: str | None = None, customer_id: int | None = None,
-                      limit: int = 100) -> list[RevaluationInfo]:
-    """The newest first."""
+                      limit: int = 100, account: str | None = None,
+                      start: datetime | None = None, end: datetime | None = None,
+                      before: int | None = None) -> list[RevaluationInfo]:
+    """The newest first (keyset pages: ``before`` an id): in ``state``, of a customer, of
+    ``account`` (its number; LookupError if none), made in [``start``, ``end``)."""
     if state is not None:
         State(state)  # ValueError for an unknown state
     with db.reading() as s:
-        query = select(Revaluation).order_by(Revaluation.id.desc()).limit(limit)
+        query = newest_page(
+            s, select(Revaluation), id_column=Revaluation.id,
+            created_column=Revaluation.created_at, account_column=Revaluation.account_id,
+            account=account, start=start, end=end, before=before, limit=limit)
         if state is not None:
             query = query.where(Revaluation.state == state)
         if customer_id is not None:

@@ -228,7 +228,7 @@ def first_server(db: Database, tmp_path: Path) -> Iterator[dict[str, str]]:
     """`ivr serve` running on the database (no Asterisk: it waits for AMI meanwhile)."""
     env = dict(os.environ, IVR_DATABASE_URL=db.url, IVR_DATA_DIR=str(tmp_path / "data"),
                IVR_AGI_PORT=str(free_port()), IVR_AMI_PORT=str(free_port()),
-               IVR_AMI_SECRET="a-secret-for-this-test")
+               IVR_AMI_SECRET="a-secret-for-this-test", IVR_WEB_BIND="127.0.0.1:0")
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "ivr.cli", "serve"], env=env,

@@ -233,3 +233,49 @@ async def test_two_cards_of_a_small_account_both_call_on_the_default_hold(
     assert all(e.balance_after >= 0 for e in entries)
     assert sum(c.billable_seconds for c in cdrs(access_line)) == 40
     assert not open_reservations(access_line)
+
+
+@pytest.mark.parametrize(
+    "access_line", [{"low_balance_warning": 16, "final_warning": 4}], indirect=True
+)
+async def test_a_calls_trace_tells_its_story_with_the_pin_masked(
+    access_line: AccessLine, phone: Phone
+):
+    from ivr.live.trace import MASK, read_trace
+
+    # 1.20 a minute to the UK, per second: 0.40 buys 20 seconds, cut by Asterisk, with a
+    # warning 16 s and a last one 4 s before the cut.
+    card = access_line.card("0.40")
+    call = await phone.call("ivr-access", callerid="15550004444")
+    caller = Caller(call)
+    await caller.log_in(card)
+    await caller.dial("011442079460000")
+    await caller.wait_prompt("call-cost", timeout=90)
+    await call.hangup()
+    await call.wait_ended()
+    await access_line.server.wait_idle()
+    await access_line.app.trace.flush()
+
+    events = await asyncio.to_thread(read_trace, access_line.db, call.id)
+    kinds = [e.kind for e in events]
+    prompts = [e.detail.get("prompt") for e in events if e.kind == "prompt"]
+    assert prompts[:3] == ["welcome", "enter-card-number", "enter-pin"]
+    keys = [e.detail for e in events if e.kind == "keys"]
+    assert keys[0] == {"keys": MASK * len(card.number), "count": len(card.number),
+                       "masked": True}
+    assert keys[1] == {"keys": MASK * len(card.pin), "count": len(card.pin), "masked": True}
+    assert keys[2]["keys"] == "011442079460000"
+    (grant,) = [e.detail for e in events if e.kind == "grant"]
+    assert (grant["seconds"], grant["amount"], grant["currency"]) == (20, "0.40", "USD")
+    assert [e.detail["warning"] for e in events if e.kind == "warning"] == [
+        "warning", "final"]
+    (end,) = [e.detail for e in events if e.kind == "end"]
+    assert (end["status"], end["seconds"], end["cost"], end["currency"]) == (
+        "ANSWER", 20, "0.40", "USD")
+    assert (kinds.index("grant") < kinds.index("dial") < kinds.index("answer")
+            < kinds.index("warning") < kinds.index("end"))
+    # No PIN or card digits in anything stored about the call (ids and channels aside).
+    for e in events:
+        for name, value in e.detail.items():
+            if name not in ("call", "channel", "target") and isinstance(value, str):
+                assert card.pin not in value and card.number not in value, (e.kind, name)

@@ -45,6 +45,7 @@ def test_asterisk_up_status_down(asterisk, test_settings: Settings, tmp_path):
         IVR_AMI_SECRET=secrets.token_hex(8),
         IVR_ASTERISK_SANDBOX_DIR=str(test_settings.asterisk_sandbox_dir),
         IVR_DATA_DIR=str(tmp_path),
+        IVR_WEB_BIND="127.0.0.1:0",
     )
     up = run_ivr("asterisk", "up", "--json", env=env)
     try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ivr.ami import AmiClient
@@ -105,6 +106,7 @@ class IvrRun:
             IVR_RTP_START=str(s.rtp_start),
             IVR_RTP_END=str(s.rtp_end),
             IVR_ACCESS_LANGUAGES="en",  # no language menu: straight to the card number
+            IVR_WEB_BIND="127.0.0.1:0",  # the console on a free port (printed)
         )
 
     async def start(self) -> None:
@@ -182,6 +184,26 @@ def parse_demo(text: str) -> Printed:
         destination=find(r"then (\d+) #"))
 
 
+async def log_in_to_the_console(run: IvrRun, text: str) -> None:
+    """The web console `ivr run` serves answers on the address it printed, and the first
+    admin's printed password logs in (through the log-in form, its CSRF token and all)."""
+    password = re.search(r"web console log-in .*user admin, password (\S+)", text)
+    assert password, text
+    shown = await run.read_until("web console on", 30)
+    url = re.search(r"web console on (http://127\.0\.0\.1:\d+)/", shown)
+    assert url, shown
+    async with httpx.AsyncClient(base_url=url.group(1)) as client:
+        form = await client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert form.status_code == 200 and csrf
+        done = await client.post("/login", data={
+            "csrf": csrf.group(1), "name": "admin", "password": password.group(1),
+            "next": "/audit"})
+        assert done.status_code == 303 and done.headers["location"] == "/audit", done.text
+        audit = await client.get("/audit")
+        assert audit.status_code == 200 and "Audit log" in audit.text
+
+
 def add_observer(instance: AsteriskInstance) -> AmiClient:
     """The harness's AMI user in the running instance's manager.conf (read-only use
     here: AGI and call events), applied with a manager reload."""
@@ -253,6 +275,7 @@ async def test_ivr_run_prints_an_account_and_a_card_that_a_softphone_calls_with(
         assert oct(kept.stat().st_mode & 0o777) == "0o600"
         await run.wait_listening()
         assert newcomer_instance.running()
+        await log_in_to_the_console(run, text)
         assert "softphone" in newcomer_instance.cli("pjsip show endpoints")
 
         ami = add_observer(newcomer_instance)

@@ -65,7 +65,8 @@ def test_the_published_default_is_refused(tmp_path):
 def test_ivr_serve_refuses_to_start_with_the_published_default(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("IVR_")}
     env.update(IVR_AMI_SECRET=PUBLISHED, IVR_DATA_DIR=str(tmp_path / "data"),
-               IVR_AGI_PORT=str(free_port()), XDG_CONFIG_HOME=str(tmp_path))
+               IVR_AGI_PORT=str(free_port()), XDG_CONFIG_HOME=str(tmp_path),
+               IVR_WEB_BIND="127.0.0.1:0")
     result = subprocess.run([sys.executable, "-m", "ivr.cli", "serve"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
