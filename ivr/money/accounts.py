@@ -180,13 +180,15 @@ def credit_account(session: Session, number: str, amount: Decimal,
 
 
 def adjust_balance(session: Session, number: str, amount: str, *, debit: bool,
-                   reason: str) -> tuple[Account, LedgerEntry]:
+                   reason: str, ref: str | None = None) -> tuple[Account, LedgerEntry, bool]:
     """An operator's adjustment: ``amount`` (as typed, positive) credited, or debited
     when ``debit``, as an ``adjustment`` ledger entry whose note is the ``reason``. The
     balance is never set: only entries move it. Refused: a bad or non-positive amount,
     finer than the plan's decimals (:class:`BadAmount`); no reason
     (:class:`SettingRefused`); a debit of more than is available, the balance less what
-    live calls hold (LedgerError)."""
+    live calls hold (LedgerError). ``ref`` makes it idempotent (the form's one-time key:
+    a form sent twice writes one entry); returns the account, the entry and whether it
+    is new."""
     value = read_amount(amount)
     if value <= 0:
         raise BadAmount("amount: give a positive amount (and choose credit or debit)")
@@ -199,9 +201,14 @@ def adjust_balance(session: Session, number: str, amount: str, *, debit: bool,
         raise LedgerError(f"a debit of {display(value, places)} would take the available "
                           f"balance ({display(account.available, places)} "
                           f"{account.currency}) below zero")
-    account, entry, _ = credit_account(session, number, -value if debit else value,
-                                       EntryKind.ADJUSTMENT, note=reason)
-    return account, entry
+    if ref is not None:  # sent before: that entry, whatever the balance is now
+        account = find_account(session, number)
+        done = session.scalar(select(LedgerEntry).where(
+            LedgerEntry.kind == EntryKind.ADJUSTMENT, LedgerEntry.ref == ref))
+        if done is not None and done.account_id == account.id:
+            return account, done, False
+    return credit_account(session, number, -value if debit else value,
+                          EntryKind.ADJUSTMENT, ref=ref, note=reason)
 
 
 def search_accounts(session: Session, text: str = "", limit: int = 50) -> list[Account]:

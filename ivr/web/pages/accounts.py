@@ -7,6 +7,8 @@ auto-recharge and low-balance notice settings (admin) are ivr.money.accounts' ru
 from __future__ import annotations
 
 import logging
+import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -63,6 +65,9 @@ def _account_view(c: Console, number: str, before: int | None) -> AccountView:
                            list(service.history(s, account, LEDGER_PAGE, before)))
 
 
+ONCE = re.compile(r"[A-Za-z0-9_-]{16,40}")
+
+
 async def _show(request: Request, who: Who, number: str, *, status: int = 200,
                 errors: dict[str, str] | None = None, form_name: str = "",
                 values: dict[str, str] | None = None) -> Response:
@@ -75,6 +80,7 @@ async def _show(request: Request, who: Who, number: str, *, status: int = 200,
         raise HTTPException(404, str(exc)) from None
     return render(request, "accounts/account.html", who, status=status, view=view,
                   errors=errors or {}, form_name=form_name, values=values or {},
+                  once=(values or {}).get("once") or secrets.token_urlsafe(16),
                   done=DONE.get(request.query_params.get("done", "")), when=when,
                   more=view.ledger[-1].id if len(view.ledger) == LEDGER_PAGE else None,
                   title=f"Account {number}")
@@ -111,8 +117,10 @@ async def adjust(request: Request, who: Who) -> Response:
     audit line's), in one transaction."""
     c = console(request)
     number = request.path_params["number"]
-    values = _texts(await form(request), "direction", "amount", "reason")
+    values = _texts(await form(request), "direction", "amount", "reason", "once")
     errors: dict[str, str] = {}
+    # The form's one-time key: sent twice (a double click, a resubmission), one entry.
+    once = values["once"] if ONCE.fullmatch(values["once"]) else None
     if values["direction"] not in ("credit", "debit"):
         errors["direction"] = "choose credit or debit"
     if not values["reason"]:
@@ -120,9 +128,11 @@ async def adjust(request: Request, who: Who) -> Response:
 
     def change() -> tuple[int, Decimal]:
         with c.db.transaction() as s:
-            account, entry = service.adjust_balance(
+            account, entry, new = service.adjust_balance(
                 s, number, values["amount"], debit=values["direction"] == "debit",
-                reason=values["reason"])
+                reason=values["reason"], ref=f"web:{once}" if once else None)
+            if not new:
+                return account.id, Decimal(0)
             audit.record(s, actor(request, who), "account.adjust", account.number, detail={
                 "amount": entry.amount, "entry": entry.id, "kind": entry.kind.value,
                 "balance_after": entry.balance_after, "currency": account.currency},
