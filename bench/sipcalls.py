@@ -950,6 +950,7 @@ class Bench:
                      "ami_secret", "sip_bind", "rtp_start", "rtp_end", "access_languages",
                      "agi_max_connections"):
             env[f"IVR_{name.upper()}"] = str(getattr(settings, name))
+        env["IVR_WEB_BIND"] = ""  # no web console in the bench's server
         log = self.server_log.open("ab")
         self.server = subprocess.Popen(
             [sys.executable, "-m", "ivr.cli", "serve"], cwd=self.tmp, env=env,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from .revalue.direct import DirectRecharge, OperatorInterface, OperatorInterfaces
     from .revalue.ivr_operator import PendingIvrRecharge
     from .revalue.lookup import NumberLookup
+    from .secrets import PinKeys
 
 log = logging.getLogger("ivr.app")
 
@@ -57,6 +58,7 @@ class App:
     gateway: PaymentGateway
     charging: Charging
     secret_key: bytes  # the keyed hashes' key (recharge codes)
+    pin_keys: PinKeys  # the card PINs' key ring (ivr.secrets.load_pin_keys)
     asterisks: dict[str, CallController] = field(default_factory=dict)
     # (loop time read, the outbound trunk or None): see dial_target
     _outbound: tuple[float, Outbound | None] | None = field(default=None, repr=False)
@@ -84,14 +86,15 @@ class App:
         """The application for ``settings``; blocking (opens the database and may bring an
         SQLite file's schema to head): call it from a worker thread in async code."""
         from .payments import gateway_from_settings
-        from .secrets import load_secret_key
+        from .secrets import load_secret_key, pin_keys_of
 
         db = db or open_database(settings)
         ledger = Ledger(db)
         charging = Charging(ledger, hold=settings.reservation_hold)
         app = cls(settings, db, ledger, voice or default_voice(settings),
                   gateway or gateway_from_settings(settings), charging,
-                  load_secret_key(settings.secret_key, settings.data_dir / "secret.key"))
+                  load_secret_key(settings.secret_key, settings.data_dir / "secret.key"),
+                  pin_keys_of(settings))
         charging.notice = app._low_balance_notice
         charging.recharge = app._auto_recharge
         return app

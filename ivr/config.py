@@ -145,6 +145,10 @@ class Settings:
     # database. Empty: a random key kept in data_dir/secret.key, made on first use.
     # Back it up with the database: without it no code can be redeemed.
     secret_key: str = ""
+    # The card PINs' key ring (HMAC-SHA256, ivr.secrets.PinKeys): `id:hex` entries,
+    # newest first, or one bare hex key. Empty: data_dir/pin.key (mode 0600), made on
+    # first use. Keep it apart from the database (docs/design.md, "Card PIN keys").
+    pin_key: str = ""
     # Amounts offered in the top-up menu, comma-separated, in the account's currency.
     topup_amounts: str = "5,10,20"
     # While the caller is in the mid-call top-up menu the call is kept open at least this

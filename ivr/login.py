@@ -11,6 +11,11 @@ on any cards, are counted in ``auth_failures``; past ``callerid_max_failures`` w
 passed. Neither card numbers nor PINs are logged: a card appears in logs as its last
 four digits.
 
+A card's PIN is checked against its keyed hash under the PIN key ring handed in with the
+policy (:attr:`LoginPolicy.pin_keys`, ``App.pin_keys``; ivr.secrets.PinKeys); a hash of
+an older kind (scrypt) or of an older key is re-keyed to the newest key in the
+transaction that records the successful log-in.
+
 The revalue line's customers (ivr.revalue.customers) share the caller-ID count, the
 throttle and the hash checks (:func:`record_failure`, :func:`throttled`,
 :func:`secret_ok`, :func:`decoy_hash`): a caller guessing there is slowed here too.
@@ -21,7 +26,7 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
@@ -33,7 +38,7 @@ from .db import Database, rows_changed
 from .db.models import Account, AccountStatus, AuthFailure, Card, CardStatus
 from .money.accounts import count_pin_result, lock_card
 from .money.ledger import utcnow
-from .secrets import hash_pin, pin_check
+from .secrets import PinKeyError, PinKeys, hash_pin, is_keyed_hash, pin_check
 
 log = logging.getLogger("ivr.login")
 
@@ -73,13 +78,18 @@ class LoginPolicy:
     pin_max_failures: int = 5
     callerid_max_failures: int = 10
     callerid_failure_window: int = 3600  # seconds
+    # The PIN key ring (App.pin_keys): card PINs' keyed hashes are checked under it and
+    # older hashes re-keyed to its newest key. Without it only older (scrypt) hashes
+    # can be checked, and are not re-keyed.
+    pin_keys: PinKeys | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LoginPolicy:
+    def from_settings(cls, settings: Settings, pin_keys: PinKeys | None = None) -> LoginPolicy:
         return cls(
             settings.pin_max_failures,
             settings.callerid_max_failures,
             settings.callerid_failure_window,
+            pin_keys,
         )
 
 
@@ -124,13 +134,14 @@ def log_in(db: Database, number: str, pin: str, callerid: str | None, policy: Lo
     with db.transaction() as s:
         card = s.scalar(select(Card).where(Card.number == number)) if number else None
         card_id, stored = ((card.id, card.pin_hash) if card is not None
-                           else (None, decoy_hash()))
-    ok = secret_ok(pin, stored)
+                           else (None, decoy_hash(policy.pin_keys)))
+    ok = card_pin_ok(pin, stored, number, policy.pin_keys)
     if card_id is None:
         with db.transaction() as s:
             record_failure(s, callerid, None, now)
         return LoginResult(Verdict.UNKNOWN_CARD)
-    return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=False)
+    return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=False,
+                      rekey=(pin, stored))
 
 
 def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, policy: LoginPolicy,
@@ -139,8 +150,8 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
     payment). A wrong one counts against the card and the caller ID; a right one resets
     the card's count. A card that cannot call is told so (its PIN is not checked).
 
-    The hash is checked between two short transactions, so the ~60 ms of scrypt never
-    holds a database lock. The result is counted under the card's row lock (SELECT ...
+    The hash is checked between two short transactions, so an older hash's ~60 ms of
+    scrypt never holds a database lock. The result is counted under the card's row lock (SELECT ...
     FOR UPDATE; on SQLite the write lock), so concurrent wrong PINs are counted one after
     the other: exactly ``pin_max_failures - 1`` of them are told WRONG_PIN, then LOCKED.
     The card's state is checked again under that lock: a card locked while this PIN was
@@ -154,9 +165,10 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
         state = _card_state(s, card, now.date())
         if state is not None:
             return LoginResult(state, card.id)
-        stored = card.pin_hash
-    ok = secret_ok(pin, stored)
-    return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=True)
+        stored, number = card.pin_hash, card.number
+    ok = card_pin_ok(pin, stored, number, policy.pin_keys)
+    return _count_pin(db, card_id, ok, callerid, policy, now, tell_state=True,
+                      rekey=(pin, stored))
 
 
 def holder(db: Database, card_id: int) -> Cardholder:
@@ -184,19 +196,43 @@ def secret_ok(pin: str, stored: str) -> bool:
     return bool(pin) and pin_check(pin, stored)
 
 
+def card_pin_ok(pin: str, stored: str, number: str, keys: PinKeys | None) -> bool:
+    """A typed card PIN against the card's stored hash: keyed (under ``keys``, over the
+    card's ``number``) or older scrypt (:func:`secret_ok`). An empty PIN is wrong."""
+    if not is_keyed_hash(stored):
+        return secret_ok(pin, stored)
+    if keys is None:
+        raise PinKeyError("a card's keyed PIN hash was checked without the PIN key ring "
+                          "(LoginPolicy.pin_keys)")
+    if keys.key(stored.split("$")[1]) is None:
+        log.error("card ...%s: its PIN key is not in the key ring (restore pin.key)",
+                  number[-4:])
+    return bool(pin) and keys.verify(pin, stored, number)
+
+
+def decoy_hash(keys: PinKeys | None = None) -> str:
+    """A PIN hash of the current kind that no typed PIN is checked against in earnest:
+    an unknown card number's PIN (or, without ``keys``, an unknown customer's first
+    code) costs what a real one does. Under ``keys``, a keyed hash of the newest key."""
+    if keys is not None:
+        return keys.hash("0000", "decoy")
+    return _scrypt_decoy()
+
+
 @functools.cache
-def decoy_hash() -> str:
-    """A PIN hash of the current cost that no typed PIN is checked against in earnest:
-    an unknown card number's PIN (or an unknown customer's first code) costs what a real
-    one does."""
+def _scrypt_decoy() -> str:
     return hash_pin("0000")
 
 
 def _count_pin(db: Database, card_id: int, ok: bool, callerid: str | None,
-               policy: LoginPolicy, now: datetime, *, tell_state: bool) -> LoginResult:
+               policy: LoginPolicy, now: datetime, *, tell_state: bool,
+               rekey: tuple[str, str]) -> LoginResult:
     """Count a checked PIN under the card's row lock. A card that cannot call is told so
     after a right PIN (nothing counted), and after a wrong one only when ``tell_state``;
-    otherwise a wrong PIN is WRONG_PIN and counted, whatever the card's state."""
+    otherwise a wrong PIN is WRONG_PIN and counted, whatever the card's state. A right
+    PIN whose hash (``rekey``: the PIN and the hash it was checked against) is older
+    than the newest key is re-keyed here, in the transaction that records the success,
+    unless the hash changed meanwhile."""
     with db.transaction() as s:
         card = lock_card(s, card_id)
         state = _card_state(s, card, now.date())  # maybe locked meanwhile by another call
@@ -204,6 +240,11 @@ def _count_pin(db: Database, card_id: int, ok: bool, callerid: str | None,
             return LoginResult(state, card.id)
         count_pin_result(card, ok, policy.pin_max_failures)
         if ok:
+            pin, checked = rekey
+            keys = policy.pin_keys
+            if keys is not None and not keys.is_current(checked) \
+                    and card.pin_hash == checked:
+                card.pin_hash = keys.hash(pin, card.number)
             return _usable(s, card, now.date())
         record_failure(s, callerid, card.id, now)
         if state is None and card.status is CardStatus.LOCKED:

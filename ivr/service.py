@@ -258,7 +258,12 @@ async def start_web(app: App, ami: AmiClient | None) -> LoopbackServer | None:
         return None
     host, port = parse_bind(app.settings.web_bind, "web_bind")
     web = LoopbackServer(create_app(app, ami=ami), host, port, name="web console")
-    await web.start()
+    try:
+        await web.start()
+    except OSError as exc:  # a busy port: the calls go on, without the console
+        log.error("web console not started: %s (set web_bind, or empty to serve none)", exc)
+        print(f"ivr: web console not started: {exc}", file=sys.stderr, flush=True)
+        return None
     print(f"ivr: web console on {web.url}/", flush=True)
     return web
 

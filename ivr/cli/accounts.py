@@ -102,16 +102,24 @@ def _card_dict(c: Card) -> dict[str, Any]:
 
 @command
 def cmd_cards(settings: Settings, args: argparse.Namespace) -> int:
-    from ..money.accounts import find_card, issue_cards, set_card_callerid, set_card_status
+    from ..money.accounts import find_card, issue_card_file, set_card_callerid, set_card_status
+    from ..secrets import pin_keys_of
 
     db = open_db(settings)
     if args.action == "issue":
+        from tqdm import tqdm
+
         plan, balance = _issue_options(db, args)
-        cards = issue_cards(db, plan, args.count, balance, Path(args.out),
-                            account=args.account, pin_length=args.pin_length,
-                            expires_on=args.expires, batch=args.batch)
-        emit(args, {"issued": len(cards), "out": args.out},
-             f"{len(cards)} card(s) written to {args.out} (the only copy of their PINs)")
+        keys = pin_keys_of(settings)  # data_dir/pin.key or the pin_key setting
+        # A bar on a terminal (stderr); quiet when stderr is not one, or under --json.
+        with tqdm(total=args.count, unit="card", unit_scale=True, desc="issuing",
+                  disable=True if getattr(args, "json", False) else None) as bar:
+            _, count = issue_card_file(db, plan, args.count, balance, Path(args.out),
+                                       pin_keys=keys, account=args.account,
+                                       pin_length=args.pin_length, expires_on=args.expires,
+                                       batch=args.batch, progress=bar.update)
+        emit(args, {"issued": count, "out": args.out},
+             f"{count} card(s) written to {args.out} (the only copy of their PINs)")
         return 0
     if args.action == "set-callerid":
         callerid = _callerid_option(args)

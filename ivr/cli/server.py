@@ -134,7 +134,8 @@ def _print_status(info: dict[str, object], as_json: bool) -> None:
 @command
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     shown = {k: str(v) for k, v in vars(settings).items()}
-    for secret in ("ami_secret", "payment_sandbox_secret", "sms_http_token", "secret_key"):
+    for secret in ("ami_secret", "payment_sandbox_secret", "sms_http_token", "secret_key",
+                   "pin_key"):
         shown[secret] = "***" if getattr(settings, secret) else ""
     if not settings.revalue_operators.strip().endswith(".toml"):  # inline: holds tokens
         shown["revalue_operators"] = "***" if settings.revalue_operators else ""

@@ -35,9 +35,14 @@ def cmd_vouchers(settings: Settings, args: argparse.Namespace) -> int:
         decimals = currency_decimals(db, currency)
         if decimals is not None:
             check_decimals(value, decimals, f"the {currency.upper()} plans", "--value")
-        vouchers = generate(db, args.count, value, currency, Path(args.out),
-                            length=args.length, expires_on=args.expires, batch=args.batch,
-                            key=key)
+        from tqdm import tqdm
+
+        # A bar on a terminal (stderr); quiet when stderr is not one, or under --json.
+        with tqdm(total=args.count, unit="code", unit_scale=True, desc="generating",
+                  disable=True if getattr(args, "json", False) else None) as bar:
+            vouchers = generate(db, args.count, value, currency, Path(args.out),
+                                length=args.length, expires_on=args.expires,
+                                batch=args.batch, key=key, progress=bar.update)
         batch, currency = vouchers[0].batch, vouchers[0].currency
         shown = money(value, 2 if decimals is None else decimals)
         emit(args, {"generated": len(vouchers), "out": args.out, "batch": batch,

@@ -41,6 +41,8 @@ async def _serve_web(settings: Settings) -> int:
     ami_task = asyncio.ensure_future(_keep_ami_connected(ami))
     web = await start_web(app, ami)
     try:
+        if web is None:  # the port is taken: said on stderr
+            return 1
         await stop.wait()
     finally:
         if web is not None:

@@ -124,7 +124,7 @@ async def choose_language(s: AccessCall) -> None:
 async def identify(s: AccessCall) -> Cardholder | None:
     """Pinless by caller ID, else card number then PIN. None: the call ends."""
     await s.voice.play(s.call, "welcome")
-    policy = LoginPolicy.from_settings(s.settings)
+    policy = LoginPolicy.from_settings(s.settings, s.app.pin_keys)
     result = await s.db.run(login.pinless, s.db, s.callerid)
     if result is not None:
         log.info("%s pinless log-in, card ...%s", s.tag, _last4(result))

@@ -216,7 +216,7 @@ async def by_saved_method(s: TopUpSession) -> bool:
     pin = keypad_digits(await s.voice.ask(s.call, "enter-pin-to-confirm", 10_000, 12,
                                           secret=True))
     checked = await s.db.run(login.verify_pin, s.db, s.card_id, pin, s.callerid,
-                             LoginPolicy.from_settings(s.settings))
+                             LoginPolicy.from_settings(s.settings, s.app.pin_keys))
     if checked.verdict not in (Verdict.OK, Verdict.EMPTY):
         log.info("%s saved-method top-up refused: %s", s.tag, checked.verdict.value)
         if checked.verdict is Verdict.WRONG_PIN:

@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,10 +87,25 @@ class CallTrace:
     """The step recorder of one server process over its database."""
 
     def __init__(self, db: Database, *, interval: float = FLUSH_INTERVAL,
-                 clock: Any = time.time) -> None:
+                 clock: Any = time.time,
+                 write: Callable[[list[_Step]], None] | None = None) -> None:
+        """``write``: how a batch is written (a test's own); by default one transaction
+        on the database (:func:`write_steps`)."""
         self.db = db
         self.interval = interval
         self._clock = clock
+        # Writes go one at a time through a thread of their own and, on PostgreSQL, a
+        # connection pool of their own: a write stuck on a database that stopped answering
+        # holds that thread and connection only, never one that calls need, and no second
+        # write starts beside it (the steps wait in the buffer). On SQLite the writes share
+        # the database object, whose lock orders this process's writers.
+        self._writer: Database | None = None
+        if write is None:
+            writer = self._writer = (db if db.is_sqlite
+                                     else Database(db.url, timeout=db.timeout))
+            write = functools.partial(write_steps, writer)
+        self._write = write
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ivr-trace")
         self._buffer: list[_Step] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
@@ -134,7 +152,7 @@ class CallTrace:
         if not batch:
             return
         try:
-            await self.db.run(write_steps, self.db, batch)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._write, batch)
         except Exception as exc:
             # Kept for the next try; the oldest go first when the database stays away.
             self._buffer[:0] = batch
@@ -161,6 +179,9 @@ class CallTrace:
             await asyncio.wait_for(self.flush(), timeout)
         except Exception as exc:
             log.warning("call trace: %d step(s) lost at close: %s", len(self._buffer), exc)
+        self._thread.shutdown(wait=False)
+        if self._writer is not None and self._writer is not self.db:
+            self._writer.dispose()
 
     async def prune(self, days: int) -> int:
         """Delete the steps older than ``days`` days; the number deleted."""

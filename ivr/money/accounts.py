@@ -6,6 +6,7 @@ web console both call these; amounts typed by an operator are read by
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -17,9 +18,19 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
-from sqlalchemy import case, distinct, exists, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    case,
+    distinct,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from ..db import Database
@@ -34,8 +45,8 @@ from ..db.models import (
     RatingPlan,
 )
 from ..db.types import MONEY_SCALE, as_utc, display
-from ..secrets import hash_pin, new_card_number, new_pin
-from .ledger import LedgerError, credit
+from ..secrets import PinKeys, hash_pin, new_card_number, random_digits, with_check_digit
+from .ledger import LedgerError, credit, open_balances
 from .rates_store import get_plan
 
 
@@ -280,12 +291,16 @@ def plan_names(session: Session) -> list[str]:
     return list(session.scalars(select(RatingPlan.name).order_by(RatingPlan.name)))
 
 
+ISSUE_CHUNK = 2000  # cards generated, inserted (one statement per table) and written at once
+
+
 def issue_batch(
     db: Database,
     plan: str,
     count: int,
     balance: Decimal,
     *,
+    pin_keys: PinKeys | None = None,
     account: str | None = None,
     shared: bool = False,
     pin_length: int = 4,
@@ -294,49 +309,80 @@ def issue_batch(
     batch: str | None = None,
     control: bool = False,
     then: Callable[[Session, str, list[IssuedCard]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[str, list[IssuedCard]]:
     """Issue ``count`` cards in one transaction; each gets its own new account with
     ``balance``, or all share one: existing ``account`` (``balance`` then ignored), or with
     ``shared`` one new account opened with ``balance``. Returns the batch label and the
     cards with their PINs, which exist in clear only in what is returned: ``then(session,
     batch, cards)`` runs in the same transaction (to deliver them, and record who issued
-    them), so if it fails no card is issued."""
-    if count < 1 or count > MAX_BATCH:
-        raise IssueRefused(f"count must be between 1 and {MAX_BATCH}", field="count")
-    if balance < 0:
-        raise IssueRefused("balance cannot be negative", field="balance")
-    if not 4 <= pin_length <= 12:
-        raise IssueRefused("the PIN length must be between 4 and 12 digits",
-                           field="pin_length")
-    batch = batch or f"B{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
-    pins = [new_pin(pin_length) for _ in range(count)]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:  # scrypt frees the GIL
-        hashes = list(pool.map(hash_pin, pins))
+    them), so if it fails no card is issued. PINs are hashed under ``pin_keys`` (the PIN
+    key ring; without it as older scrypt hashes, ~60 ms each, re-keyed on their first
+    log-in: for tests and tools that have no key ring). ``progress(n)`` is told of each
+    chunk of ``n`` cards made."""
     issued: list[IssuedCard] = []
-    with db.transaction() as s:
-        owner_of_all = find_account(s, account) if account else None
-        if owner_of_all is None and shared:
-            owner_of_all = create_account(s, plan, balance=balance, name=f"batch {batch}")
-        for i in range(count):
-            owner = owner_of_all or create_account(s, plan, balance=balance)
-            number = _unused_card_number(s, number_length)
-            s.add(Card(
-                number=number,
-                pin_hash=hashes[i],
-                status=CardStatus.ACTIVE,
-                expires_on=expires_on,
-                batch=batch,
-                account_id=owner.id,
-                is_control=control and i == 0,
-                failed_pins=0,
-                created_at=datetime.now(UTC),
-            ))
-            issued.append(IssuedCard(number, pins[i], owner.number, owner.balance,
-                                     owner.currency, expires_on, owner.plan.decimals))
-        s.flush()
+
+    def finish(s: Session, label: str) -> None:
         if then is not None:
-            then(s, batch, issued)
-    return batch, issued
+            then(s, label, issued)
+
+    label = _issue(db, plan, count, balance, pin_keys=pin_keys, account=account,
+                   shared=shared, pin_length=pin_length, number_length=number_length,
+                   expires_on=expires_on, batch=batch, control=control,
+                   sink=lambda _, cards: issued.extend(cards), finish=finish,
+                   progress=progress)
+    return label, issued
+
+
+def issue_card_file(
+    db: Database,
+    plan: str,
+    count: int,
+    balance: Decimal,
+    out: Path,
+    *,
+    pin_keys: PinKeys | None = None,
+    account: str | None = None,
+    pin_length: int = 4,
+    number_length: int = 12,
+    expires_on: date | None = None,
+    batch: str | None = None,
+    control: bool = False,
+    progress: Callable[[int], None] | None = None,
+    keep: list[IssuedCard] | None = None,
+) -> tuple[str, int]:
+    """Issue ``count`` cards (as :func:`issue_batch`) straight into the card file ``out``
+    (CSV, mode 0600, refused if it exists), written chunk by chunk as the cards are
+    made, not built in memory: the only place their PINs exist in clear. If the batch
+    fails the file is removed. Returns the batch label and the number of cards;
+    ``keep`` (a list) also gets the cards."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise FileExistsError(f"{out} exists; refusing to overwrite a card file") from None
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(CARD_FILE_FIELDS)
+
+            def sink(_: Session, cards: list[IssuedCard]) -> None:
+                writer.writerows(map(_card_row, cards))
+                if keep is not None:
+                    keep.extend(cards)
+
+            def finish(_: Session, __: str) -> None:
+                f.flush()
+                os.fsync(f.fileno())
+
+            label = _issue(db, plan, count, balance, pin_keys=pin_keys, account=account,
+                           shared=False, pin_length=pin_length,
+                           number_length=number_length, expires_on=expires_on,
+                           batch=batch, control=control, sink=sink, finish=finish,
+                           progress=progress)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    return label, count
 
 
 def issue_cards(
@@ -346,6 +392,7 @@ def issue_cards(
     balance: Decimal,
     out: Path,
     *,
+    pin_keys: PinKeys | None = None,
     account: str | None = None,
     pin_length: int = 4,
     number_length: int = 12,
@@ -353,26 +400,113 @@ def issue_cards(
     batch: str | None = None,
     control: bool = False,
 ) -> list[IssuedCard]:
-    """Issue ``count`` cards (:func:`issue_batch`); each gets its own account with
-    ``balance``, or all join ``account`` (a shared account; ``balance`` is then ignored).
-    The CSV written to ``out`` (mode 0600) is the only place the PINs exist in clear."""
-    if out.exists():
-        raise FileExistsError(f"{out} exists; refusing to overwrite a card file")
-
-    def write(_: Session, __: str, cards: list[IssuedCard]) -> None:
-        _write_card_file(out, cards)
-
-    return issue_batch(db, plan, count, balance, account=account, pin_length=pin_length,
-                       number_length=number_length, expires_on=expires_on, batch=batch,
-                       control=control, then=write)[1]
+    """Issue ``count`` cards (:func:`issue_card_file`) and return them; each gets its
+    own account with ``balance``, or all join ``account`` (a shared account; ``balance``
+    is then ignored). The CSV written to ``out`` (mode 0600) is the only place the PINs
+    exist in clear."""
+    cards: list[IssuedCard] = []
+    issue_card_file(db, plan, count, balance, out, pin_keys=pin_keys, account=account,
+                    pin_length=pin_length, number_length=number_length,
+                    expires_on=expires_on, batch=batch, control=control, keep=cards)
+    return cards
 
 
-def _unused_card_number(session: Session, length: int) -> str:
+def _issue(
+    db: Database, plan: str, count: int, balance: Decimal, *, pin_keys: PinKeys | None,
+    account: str | None, shared: bool, pin_length: int, number_length: int,
+    expires_on: date | None, batch: str | None, control: bool,
+    sink: Callable[[Session, list[IssuedCard]], None],
+    finish: Callable[[Session, str], None],
+    progress: Callable[[int], None] | None,
+) -> str:
+    """The batch in one transaction, by chunks of ISSUE_CHUNK cards: numbers drawn
+    at random and checked unused with one query a chunk, PINs hashed, the accounts, their
+    opening balances (ledger entries, ivr.money.ledger.open_balances) and the cards
+    inserted one statement per table; each chunk handed to ``sink``, then ``finish``."""
+    if count < 1 or count > MAX_BATCH:
+        raise IssueRefused(f"count must be between 1 and {MAX_BATCH}", field="count")
+    if balance < 0:
+        raise IssueRefused("balance cannot be negative", field="balance")
+    if not 4 <= pin_length <= 12:
+        raise IssueRefused("the PIN length must be between 4 and 12 digits",
+                           field="pin_length")
+    batch = batch or f"B{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+    hasher = pin_keys.hasher() if pin_keys is not None else None
+    accounts, cards = cast(Table, Account.__table__), cast(Table, Card.__table__)
+    with contextlib.ExitStack() as stack, db.transaction() as s:
+        pool = None if hasher else stack.enter_context(
+            ThreadPoolExecutor(max_workers=os.cpu_count() or 2))  # scrypt frees the GIL
+        owner_of_all = find_account(s, account) if account else None
+        if owner_of_all is None and shared:
+            owner_of_all = create_account(s, plan, balance=balance, name=f"batch {batch}")
+        plan_row = owner_of_all.plan if owner_of_all is not None else get_plan(s, plan)
+        now = datetime.now(UTC)
+        used_cards: set[str] = set()
+        used_accounts: set[str] = set()
+        for start in range(0, count, ISSUE_CHUNK):
+            n = min(ISSUE_CHUNK, count - start)
+            numbers = _unused_numbers(s, cards.c.number, n, number_length, "", used_cards)
+            pins = [random_digits(pin_length) for _ in range(n)]
+            if hasher is not None:
+                hashes = [hasher(pin, number) for pin, number in zip(pins, numbers, strict=True)]
+            else:
+                assert pool is not None
+                hashes = list(pool.map(hash_pin, pins))
+            if owner_of_all is not None:
+                owners = [(owner_of_all.id, owner_of_all.number)] * n
+                opening = owner_of_all.balance
+            else:
+                owned = _unused_numbers(s, accounts.c.number, n, 10, "9", used_accounts)
+                s.execute(insert(accounts), [
+                    {"number": number, "name": "", "currency": plan_row.currency,
+                     "plan_id": plan_row.id, "status": AccountStatus.ACTIVE,
+                     "balance": Decimal(0), "reserved": Decimal(0), "created_at": now}
+                    for number in owned])
+                # Their ids read back by number (one query; RETURNING would have
+                # psycopg parse one long statement, slower).
+                made: dict[str, int] = {number: i for number, i in s.execute(
+                    select(accounts.c.number, accounts.c.id)
+                    .where(accounts.c.number.in_(owned)))}
+                owners = [(made[number], number) for number in owned]
+                opening = balance
+                if balance:
+                    open_balances(s, [(i, balance, f"opening:{number}")
+                                      for i, number in owners], now=now)
+            s.execute(insert(cards), [
+                {"number": number, "pin_hash": pin_hash, "status": CardStatus.ACTIVE,
+                 "expires_on": expires_on, "batch": batch, "account_id": owner_id,
+                 "is_control": control and start + i == 0, "failed_pins": 0,
+                 "failed_codes": 0, "created_at": now}
+                for i, (number, pin_hash, (owner_id, _)) in enumerate(
+                    zip(numbers, hashes, owners, strict=True))])
+            sink(s, [IssuedCard(number, pin, owner, opening, plan_row.currency, expires_on,
+                                plan_row.decimals)
+                     for number, pin, (_, owner) in zip(numbers, pins, owners, strict=True)])
+            if progress is not None:
+                progress(n)
+        finish(s, batch)
+    return batch
+
+
+def _unused_numbers(s: Session, column: ColumnElement[str], n: int, length: int,
+                    prefix: str, used: set[str]) -> list[str]:
+    """``n`` new numbers (``prefix``, random digits, Luhn digit) found in neither
+    ``used`` (this batch's, updated) nor ``column``: one query a round, not one a card."""
+    body = length - 1 - len(prefix)
+    if body < 6:
+        raise ValueError("card number too short for its prefix")
+    fresh: list[str] = []
     for _ in range(20):
-        number = new_card_number(length)
-        if session.scalar(select(Card.id).where(Card.number == number)) is None:
-            return number
-    raise RuntimeError("could not find an unused card number; use a longer --number-length")
+        wanted = n - len(fresh)
+        drawn = {with_check_digit(prefix + random_digits(body)) for _ in range(wanted)}
+        drawn -= used
+        if drawn:
+            drawn -= set(s.scalars(select(column).where(column.in_(drawn))))
+        used |= drawn
+        fresh.extend(drawn)
+        if len(fresh) == n:
+            return fresh
+    raise RuntimeError("could not find enough unused numbers; use a longer --number-length")
 
 
 def card_file(cards: list[IssuedCard]) -> bytes:
@@ -382,22 +516,17 @@ def card_file(cards: list[IssuedCard]) -> bytes:
     return buffer.getvalue().encode()
 
 
-def _write_card_file(out: Path, cards: list[IssuedCard]) -> None:
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", newline="") as f:
-        _write_rows(f, cards)
-
-
 def _write_rows(f: IO[str], cards: list[IssuedCard]) -> None:
     writer = csv.writer(f)
     writer.writerow(CARD_FILE_FIELDS)
-    for c in cards:
-        # As every output shows an amount (ivr.cli.common.money): the plan's
-        # decimals up to cents.
-        writer.writerow([c.number, c.pin, c.account,
-                         display(c.balance, min(c.decimals, 2)),
-                         c.currency,
-                         c.expires_on.isoformat() if c.expires_on else ""])
+    writer.writerows(map(_card_row, cards))
+
+
+def _card_row(c: IssuedCard) -> list[str]:
+    # As every output shows an amount (ivr.cli.common.money): the plan's decimals up to
+    # cents.
+    return [c.number, c.pin, c.account, display(c.balance, min(c.decimals, 2)),
+            c.currency, c.expires_on.isoformat() if c.expires_on else ""]
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import enum
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Table, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..db import Database, lock_account
@@ -149,6 +149,42 @@ def credit(
     session.flush()
     after_credit(session, account)
     return entry, True
+
+
+def open_balances(session: Session, openings: Sequence[tuple[int, Decimal, str]], *,
+                  note: str = "opening balance", now: datetime | None = None) -> None:
+    """The opening top-ups of many accounts opened in this transaction (a card batch):
+    what :func:`credit` does for each, as one statement per table. Each ``(account id,
+    amount, ref)`` writes a ``topup`` entry and the balance it leaves; the accounts must
+    have nothing on them yet (no balance, nothing held, no notice to re-arm), which is
+    checked."""
+    if not openings:
+        return
+    rows = []
+    for account_id, amount, ref in openings:
+        if not isinstance(amount, Decimal):
+            raise TypeError("amounts are Decimal, never float")
+        to_micros(amount)
+        if amount <= 0:
+            raise LedgerError(f"a topup must be a positive amount, not {amount}")
+        rows.append({"account_id": account_id, "kind": EntryKind.TOPUP, "amount": amount,
+                     "balance_after": amount, "ref": ref, "note": note,
+                     "created_at": now or utcnow()})
+    accounts = cast(Table, Account.__table__)
+    ids = [account_id for account_id, _, _ in openings]
+    busy = session.scalar(select(func.count()).select_from(accounts).where(
+        accounts.c.id.in_(ids),
+        (accounts.c.balance != Decimal(0)) | (accounts.c.reserved != Decimal(0))
+        | accounts.c.low_balance_notice.is_not(None)))
+    if busy or len(set(ids)) != len(ids):
+        raise LedgerError("opening balances are for new, empty accounts (once each)")
+    session.execute(insert(cast(Table, LedgerEntry.__table__)), rows)
+    by_amount: dict[Decimal, list[int]] = {}
+    for account_id, amount, _ in openings:
+        by_amount.setdefault(amount, []).append(account_id)
+    for amount, same in by_amount.items():  # a batch: one statement
+        session.execute(update(accounts).where(accounts.c.id.in_(same))
+                        .values(balance=amount))
 
 
 def after_credit(session: Session, account: Account) -> None:

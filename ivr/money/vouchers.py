@@ -33,6 +33,7 @@ import io
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -148,28 +149,44 @@ def generate(
     expires_on: date | None = None,
     batch: str | None = None,
     key: bytes,
+    progress: Callable[[int], None] | None = None,
 ) -> list[IssuedVoucher]:
     """Create ``count`` vouchers worth ``value`` ``currency`` each and write their codes to
     ``out`` (CSV: code, value, currency, expires_on, batch; mode 0600; an existing file
-    is never overwritten). Only the codes' hashes reach the database."""
-    _check(count, value, currency, length, batch)
+    is never overwritten), in one transaction, by chunks of GENERATE_CHUNK written to the
+    file as they are made (``progress(n)`` told of each). Only the codes' hashes reach
+    the database; if the batch fails the file is removed."""
+    _, batch = _check(count, value, currency, length, batch)
     if out.exists():
         raise FileExistsError(f"{out} exists; refusing to overwrite a voucher file")
 
     created = False
+    issued: list[IssuedVoucher] = []
     try:
         with db.transaction() as s:
-            issued = issue(s, count, value, currency, length=length, expires_on=expires_on,
-                           batch=batch, key=key)
             fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             created = True
             with os.fdopen(fd, "w", newline="") as f:
-                f.write(voucher_csv(issued))
+                for start in range(0, count, GENERATE_CHUNK):
+                    n = min(GENERATE_CHUNK, count - start)
+                    chunk = issue(s, n, value, currency, length=length,
+                                  expires_on=expires_on, batch=batch, key=key)
+                    s.flush()
+                    text = voucher_csv(chunk)
+                    f.write(text if start == 0 else text.split("\n", 1)[1])
+                    issued.extend(chunk)
+                    if progress is not None:
+                        progress(n)
+                f.flush()
+                os.fsync(f.fileno())
     except BaseException:
         if created:  # the codes in it were never committed
             out.unlink(missing_ok=True)
         raise
     return issued
+
+
+GENERATE_CHUNK = 5000
 
 
 def issue(

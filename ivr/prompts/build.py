@@ -49,33 +49,44 @@ class BuildReport:
 
 
 class Progress:
-    """A text progress bar on stderr (a line every tenth when stderr is not a terminal)."""
+    """A progress bar (tqdm) on stderr or ``stream``: redrawn in place on a terminal, else
+    a line about every tenth of the way."""
 
     def __init__(self, total: int, label: str, stream: TextIO | None = None,
                  enabled: bool = True) -> None:
+        from tqdm import tqdm
+
         self.total = total
         self.done = 0
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.tty = self.enabled and getattr(self.stream, "isatty", lambda: False)()
+        stream = stream or sys.stderr
+        tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, desc=label, file=stream if tty else _Lines(stream),
+                        unit="prompt",
+                        disable=not (enabled and total > 0), leave=True,
+                        dynamic_ncols=tty, ncols=None if tty else 100,
+                        mininterval=0.1 if tty else 0, miniters=1 if tty
+                        else max(1, total // 10))
 
     def step(self, what: str) -> None:
         self.done += 1
-        if not self.enabled:
-            return
-        width = 30
-        filled = width * self.done // self.total
-        bar = "#" * filled + "-" * (width - filled)
-        line = f"{self.label} [{bar}] {self.done}/{self.total} {what}"
-        if self.tty:
-            self.stream.write("\r" + line[:120].ljust(120))
-            if self.done == self.total:
-                self.stream.write("\n")
-        elif self.done == self.total or self.done * 10 // self.total != (
-            (self.done - 1) * 10 // self.total
-        ):  # not a terminal: a line every tenth
-            self.stream.write(line + "\n")
+        self.bar.set_postfix_str(what, refresh=False)
+        self.bar.update(1)
+        if self.done == self.total:
+            self.bar.close()
+
+
+class _Lines:
+    """A stream that is no terminal gets tqdm's redraws as whole lines."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip("\n")
+        if text.strip():
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
         self.stream.flush()
 
 

@@ -223,7 +223,7 @@ async def test_live_calls_page_and_a_calls_timeline(console: tuple[App, FakeAmi]
         await log_in(browser, app.db, "vera", "viewer")
         page = await browser.get("/calls")
         assert page.status_code == 200
-        assert 'hx-get="/calls/rows"' in page.text and 'hx-trigger="every 2s"' in page.text
+        assert 'hx-get="/calls/rows"' in page.text and 'hx-trigger="every 2s [' in page.text
         assert number in page.text and CHANNEL in page.text and "12125550100" in page.text
         assert f'href="/calls/{CALL}/trace"' in page.text
         assert "Hang up" not in page.text  # a viewer has no hang-up button

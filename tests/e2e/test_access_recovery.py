@@ -61,6 +61,7 @@ class ServerProcess:
             IVR_RECOVERY_INTERVAL="1",
             IVR_LOW_BALANCE_WARNING="0",
             IVR_FINAL_WARNING="0",
+            IVR_WEB_BIND="127.0.0.1:0",  # the console on a free port
         ) | self.extra_env
 
     async def start(self) -> None:

@@ -77,6 +77,7 @@ def test_asterisk_up_status_down(asterisk, test_settings: Settings, tmp_path):
 async def test_serve_finishes_running_calls_on_sigterm(asterisk, test_settings: Settings,
                                                        phone: Phone, tmp_path):
     env = dict(os.environ, IVR_SHUTDOWN_GRACE="20", IVR_DATA_DIR=str(tmp_path),
+               IVR_WEB_BIND="127.0.0.1:0",
                IVR_AMI_PORT=str(test_settings.ami_port), IVR_AMI_SECRET=test_settings.ami_secret)
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ivr.cli", "serve", "--port", str(test_settings.agi_port),

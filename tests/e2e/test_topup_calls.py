@@ -397,6 +397,7 @@ async def test_sigterm_hands_a_caller_in_the_menu_back_to_the_call(
         IVR_ASTERISK_SANDBOX_DIR=str(s.asterisk_sandbox_dir), IVR_ACCESS_LANGUAGES="en",
         IVR_DIAL_TIMEOUT="4", IVR_LOW_BALANCE_WARNING="0", IVR_FINAL_WARNING="0",
         IVR_TOPUP_AMOUNTS="0.40,1.00", IVR_SHUTDOWN_GRACE="15",
+        IVR_WEB_BIND="127.0.0.1:0",  # the console on a free port: tests run side by side
     )
     log_path = tmp_path / "serve.log"
     with log_path.open("wb") as out:

@@ -72,7 +72,7 @@ async def test_generate_a_batch_and_download_its_pins_once(site: ConsoleSite, pa
     # Each number and PIN logs in, by the access line's own check.
     for r in rows:
         result = await asyncio.to_thread(login.log_in, db, r["card_number"], r["pin"], None,
-                                         login.LoginPolicy())
+                                         login.LoginPolicy(pin_keys=site.app.pin_keys))
         assert result.verdict is login.Verdict.OK, (r["card_number"][-4:], result)
         assert result.holder is not None and result.holder.available == Decimal("5")
     # Given once: the file is gone from the database, and the link answers 410.

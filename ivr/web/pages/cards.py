@@ -163,8 +163,9 @@ async def issue(request: Request, who: Who) -> Response:
                              f"cards-{_safe_name(batch)}.csv", service.card_file(cards))
 
         batch, cards = service.issue_batch(
-            c.db, plan, count, balance, account=existing, shared=mode == "shared",
-            expires_on=expires, batch=values["batch"] or None, then=deliver)
+            c.db, plan, count, balance, pin_keys=c.app.pin_keys, account=existing,
+            shared=mode == "shared", expires_on=expires, batch=values["batch"] or None,
+            then=deliver)
         return batch, len(cards)
 
     if not errors:
