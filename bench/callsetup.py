@@ -104,7 +104,7 @@ def serve(spec: str) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings(data_dir=Path(cfg["data_dir"]), database_url=cfg["database_url"],
-                        access_languages="en")
+                        access_languages="en", web_bind="")
     voice = Voice(load_catalogue(), PromptStore(Path(cfg["store"]), cfg["store"]))
 
     async def run() -> None:
@@ -352,7 +352,7 @@ async def run_classic(db_path: Path, cards: list[tuple[str, str]], tmp: Path,
 
         async def one(i: int) -> None:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(CLASSIC), str(db_path),
+                sys.executable, str(CLASSIC), str(db_path), str(tmp / "pin.key"),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             )
             pids.append(proc.pid)
@@ -399,13 +399,18 @@ def prepare_database(url: str, count: int, tmp: Path) -> list[tuple[str, str]]:
     from ivr.db import Database
     from ivr.db.migrate import upgrade
     from ivr.money.accounts import issue_cards
+    from ivr.secrets import PIN_KEY_FILE, load_pin_keys
     from ivr.testing.access import PLAN, create_test_plan
 
+    # The PIN key ring in the data directory, as `ivr cards issue` makes it: the server
+    # (data_dir = tmp) and the classic script (given the file) check PINs under it.
+    keys = load_pin_keys("", tmp / PIN_KEY_FILE)
     db = Database(url)
     try:
         upgrade(db.engine)
         create_test_plan(db)
-        issued = issue_cards(db, PLAN, count, BALANCE, tmp / f"cards-{secrets.token_hex(4)}.csv")
+        issued = issue_cards(db, PLAN, count, BALANCE, tmp / f"cards-{secrets.token_hex(4)}.csv",
+                             pin_keys=keys)
     finally:
         db.dispose()
     return [(c.number, c.pin) for c in issued]
