@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, select, text
-from sqlalchemy.engine import CursorResult, Engine, Result, make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, Result, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
@@ -197,6 +197,14 @@ class Database:
         """One transaction: committed when the block ends, rolled back on any error."""
         with _unavailable_as_such(), self._write_lock(), self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """One transaction, as :meth:`transaction`, on a plain Connection for SQLAlchemy
+        Core statements: the call set-up path's steps (ivr.money.ledger), where an ORM
+        Session's unit of work cost more than the SQL it sends."""
+        with _unavailable_as_such(), self._write_lock(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def reading(self) -> Iterator[Session]:

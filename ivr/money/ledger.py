@@ -22,7 +22,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, func, insert, or_, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ..db import Database, lock_account
@@ -38,7 +39,7 @@ from ..db.models import (
     Reservation,
     ReservationStatus,
 )
-from ..db.types import to_micros
+from ..db.types import Money, to_micros
 from ..rating import MAX_CALL_SECONDS, NoRate, Plan, RateTable, max_seconds, quote
 from ..rating.snapshot import dump_snapshot, load_snapshot, snapshot_rows
 from .notify import reset_notice_if_topped_up
@@ -256,17 +257,20 @@ class Ledger:
         snapshot of the rows that can rate ``number``): extend and settle price the call
         with them, whatever deck is imported meanwhile."""
         at = at or self.clock()
-        with self.db.transaction() as s:
+        # Prebuilt Core statements on a plain Connection, not ORM objects: this is on every
+        # call's set-up path, where the unit of work cost more than the SQL it sent
+        # (bench/callsetup.py, docs/bench.md).
+        with self.db.connection() as s:
             if card_id is not None:
-                card = s.get(Card, card_id)
-                if card is None:
+                row = s.execute(_CARD_STATE, {"card_id": card_id}).one_or_none()
+                if row is None:
                     raise LedgerError(f"no card {card_id}")
-                if not card_usable(card, at.date()):
+                if not _usable(row.status, row.expires_on, at.date()):
                     return Refusal.CARD_INACTIVE
-                account_id = card.account_id
+                account_id = row.account_id
             if account_id is None:
                 raise LedgerError("authorize needs a card or an account")
-            account = lock_account(s, account_id)
+            account = _locked_account(s, account_id)
             if account.status is not AccountStatus.ACTIVE:
                 return Refusal.ACCOUNT_INACTIVE
             rates = self.rates.get(account.plan_id, s)
@@ -283,34 +287,32 @@ class Ledger:
             if hold is not None:
                 floor = _floor(rates.table, rates.plan, number, at, service)
                 seconds = _held(affordable, 0, hold, floor,
-                                _sharers(s, account.id, card_id, at.date(), affordable // floor))
+                                _sharers(s, account_id, card_id, at.date(), affordable // floor))
             q = quote(rates.table, rates.plan, number, seconds, at, service)
             snapshot = dump_snapshot(
                 rates.plan, snapshot_rows(rates.table, rates.plan, number, service))
-            reservation = Reservation(
-                account_id=account.id,
-                card_id=card_id,
-                plan_id=account.plan_id,
-                number=number,
-                prefix=q.prefix,
-                destination=q.destination,
-                service=service,
-                seconds=seconds,
-                amount=q.cost,
-                status=ReservationStatus.ACTIVE,
-                rated_at=at,
-                rates_version=rates.version,
-                rate_snapshot=snapshot,
-                call_key=call_key,
-                channel=channel,
-                server_id=self.server_id,
-                created_at=self.clock(),
-            )
-            s.add(reservation)
-            account.reserved += q.cost
-            s.flush()
+            reservation_id = s.execute(_NEW_RESERVATION, {
+                "account_id": account_id,
+                "card_id": card_id,
+                "plan_id": account.plan_id,
+                "number": number,
+                "prefix": q.prefix,
+                "destination": q.destination,
+                "service": service,
+                "seconds": seconds,
+                "amount": q.cost,
+                "status": ReservationStatus.ACTIVE,
+                "rated_at": at,
+                "rates_version": rates.version,
+                "rate_snapshot": snapshot,
+                "call_key": call_key,
+                "channel": channel,
+                "server_id": self.server_id,
+                "created_at": self.clock(),
+            }).scalar_one()
+            s.execute(_HOLD_MORE, {"account": account_id, "more": q.cost})
             return Grant(
-                reservation.id, account.id, seconds, q.cost, q.prefix, q.destination, q.currency,
+                reservation_id, account_id, seconds, q.cost, q.prefix, q.destination, q.currency,
                 auto_recharge=account.auto_recharge_threshold is not None
                 and account.auto_recharge_amount is not None,
                 affordable=affordable,
@@ -378,9 +380,9 @@ class Ledger:
         """
         if billable_seconds < 0:
             raise LedgerError("billable seconds cannot be negative")
-        with self.db.transaction() as s:
-            res, account = self._lock_reservation(s, reservation_id)
-            done = self._already_settled(s, res, uniqueid, account)
+        with self.db.connection() as s:  # Core, as authorize
+            res, account = _locked_reservation(s, reservation_id)
+            done = _settled_already(s, res, uniqueid, account.balance)
             if done is not None:
                 return done
             if res.status is not ReservationStatus.ACTIVE:
@@ -389,7 +391,7 @@ class Ledger:
             rated_at = _aware(answered_at or res.rated_at)
             cost = Decimal(0)
             if seconds > 0:
-                table, plan = self._rates_of(s, res)
+                table, plan = self._rates_in(s, res.rate_snapshot, res.plan_id)
                 cost = quote(table, plan, res.number, seconds, rated_at, res.service).cost
             # The hold covers the grant at the authorize time; if the answer fell in a
             # dearer window, the rest comes from free balance, never below zero.
@@ -398,26 +400,42 @@ class Ledger:
                 log.warning("call %s cost %s capped at %s (balance)", uniqueid, cost, ceiling)
                 cost = max(ceiling, Decimal(0))
             now = self.clock()
-            account.reserved -= res.amount
+            balance = account.balance - cost
+            s.execute(_CHARGE, {"account": res.account_id, "held": res.amount,
+                                "balance_now": balance})
             if cost:
-                account.balance -= cost
-                s.add(LedgerEntry(
-                    account_id=account.id,
-                    kind=EntryKind.CALL,
-                    amount=-cost,
-                    balance_after=account.balance,
-                    ref=uniqueid,
-                    note=f"{res.number} {seconds}s",
-                    created_at=now,
-                ))
-            res.status = ReservationStatus.SETTLED
-            res.uniqueid = uniqueid
-            res.closed_at = now
-            cdr = self._cdr(s, res, account, uniqueid, caller, started_at, answered_at, ended_at,
-                            seconds, cost, hangup_cause)
-            s.add(cdr)
-            s.flush()
-            return Settlement(res.id, cdr.id, seconds, cost, account.balance, False, res.seconds)
+                s.execute(_NEW_ENTRY, {
+                    "account_id": res.account_id,
+                    "kind": EntryKind.CALL,
+                    "amount": -cost,
+                    "balance_after": balance,
+                    "ref": uniqueid,
+                    "note": f"{res.number} {seconds}s",
+                    "created_at": now,
+                })
+            s.execute(_CLOSE_RESERVATION, {"reservation": res.id,
+                                           "new_status": ReservationStatus.SETTLED,
+                                           "closed": now, "call_id": uniqueid})
+            cdr_id = s.execute(_NEW_CDR, {
+                "uniqueid": uniqueid,
+                "account_id": res.account_id,
+                "card_id": res.card_id,
+                "reservation_id": res.id,
+                "caller": caller,
+                "destination": res.number,
+                "destination_name": res.destination,
+                "prefix": res.prefix,
+                "plan": _plan_name_of(s, res.rate_snapshot, res.plan_id),
+                "service": res.service,
+                "started_at": started_at or res.created_at,
+                "answered_at": answered_at,
+                "ended_at": ended_at or now,
+                "billable_seconds": seconds,
+                "cost": cost,
+                "currency": account.currency,
+                "hangup_cause": hangup_cause,
+            }).scalar_one()
+            return Settlement(res.id, cdr_id, seconds, cost, balance, False, res.seconds)
 
     # ------------------------------------------------------------------ release
 
@@ -432,18 +450,37 @@ class Ledger:
     ) -> None:
         """Free the hold of a call that was never answered. Writes a zero-cost CDR when a
         uniqueid is given. Releasing twice is harmless."""
-        with self.db.transaction() as s:
-            res, account = self._lock_reservation(s, reservation_id)
+        with self.db.connection() as s:  # Core, as authorize
+            res, account = _locked_reservation(s, reservation_id)
             if res.status is not ReservationStatus.ACTIVE:
                 return
-            account.reserved -= res.amount
-            res.status = ReservationStatus.RELEASED
-            res.closed_at = self.clock()
-            if uniqueid is not None:
-                res.uniqueid = uniqueid
-                if s.scalar(select(Cdr.id).where(Cdr.uniqueid == uniqueid)) is None:
-                    s.add(self._cdr(s, res, account, uniqueid, caller, started_at, None, None, 0,
-                                    Decimal(0), hangup_cause))
+            s.execute(_CHARGE, {"account": res.account_id, "held": res.amount,
+                                "balance_now": account.balance})
+            closed = self.clock()
+            s.execute(_CLOSE_RESERVATION, {"reservation": res.id,
+                                           "new_status": ReservationStatus.RELEASED,
+                                           "closed": closed, "call_id": uniqueid})
+            if uniqueid is not None and s.execute(
+                    _CDR_OF, {"call_id": uniqueid}).one_or_none() is None:
+                s.execute(_NEW_CDR, {
+                    "uniqueid": uniqueid,
+                    "account_id": res.account_id,
+                    "card_id": res.card_id,
+                    "reservation_id": res.id,
+                    "caller": caller,
+                    "destination": res.number,
+                    "destination_name": res.destination,
+                    "prefix": res.prefix,
+                    "plan": _plan_name_of(s, res.rate_snapshot, res.plan_id),
+                    "service": res.service,
+                    "started_at": started_at or res.created_at,
+                    "answered_at": None,
+                    "ended_at": closed,
+                    "billable_seconds": 0,
+                    "cost": Decimal(0),
+                    "currency": account.currency,
+                    "hangup_cause": hangup_cause,
+                })
 
     # ------------------------------------------------------------------ auto-recharge
 
@@ -500,56 +537,112 @@ class Ledger:
         return res, account
 
     def _rates_of(self, s: Session, res: Reservation) -> tuple[RateTable, Plan]:
+        return self._rates_in(s, res.rate_snapshot, res.plan_id)
+
+    def _rates_in(self, s: Session | Connection, snapshot: str | None,
+                  plan_id: int) -> tuple[RateTable, Plan]:
         """The rates a call was authorized with: its snapshot, or (a reservation made
         before snapshots were kept) the plan's current table."""
-        if res.rate_snapshot is not None:
-            plan, table = load_snapshot(res.rate_snapshot)
+        if snapshot is not None:
+            plan, table = load_snapshot(snapshot)
             return table, plan
-        rates = self.rates.get(res.plan_id, s)
+        rates = self.rates.get(plan_id, s)
         return rates.table, rates.plan
 
-    def _already_settled(
-        self, s: Session, res: Reservation, uniqueid: str, account: Account
-    ) -> Settlement | None:
-        cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == uniqueid))
-        if cdr is None and res.status is ReservationStatus.SETTLED and res.uniqueid:
-            cdr = s.scalar(select(Cdr).where(Cdr.uniqueid == res.uniqueid))
-        if cdr is None:
-            return None
-        return Settlement(res.id, cdr.id, cdr.billable_seconds, cdr.cost, account.balance, True,
-                          res.seconds)
 
-    def _cdr(
-        self, s: Session, res: Reservation, account: Account, uniqueid: str, caller: str,
-        started_at: datetime | None, answered_at: datetime | None, ended_at: datetime | None,
-        seconds: int, cost: Decimal, cause: str,
-    ) -> Cdr:
-        return Cdr(
-            uniqueid=uniqueid,
-            account_id=account.id,
-            card_id=res.card_id,
-            reservation_id=res.id,
-            caller=caller,
-            destination=res.number,
-            destination_name=res.destination,
-            prefix=res.prefix,
-            plan=_plan_name(s, res),
-            service=res.service,
-            started_at=started_at or res.created_at,
-            answered_at=answered_at,
-            ended_at=ended_at or self.clock(),
-            billable_seconds=seconds,
-            cost=cost,
-            currency=account.currency,
-            hangup_cause=cause,
-        )
-
-
-def _plan_name(s: Session, res: Reservation) -> str:
-    if res.rate_snapshot is not None:
-        return load_snapshot(res.rate_snapshot)[0].name
-    name = s.scalar(select(RatingPlan.name).where(RatingPlan.id == res.plan_id))
+def _plan_name_of(s: Session | Connection, snapshot: str | None, plan_id: int) -> str:
+    if snapshot is not None:
+        return load_snapshot(snapshot)[0].name
+    name = s.scalar(_PLAN_NAME, {"plan": plan_id})
     return name or ""
+
+
+# The statements of the call path (authorize, settle, release), built once.
+_ACCOUNTS = cast(Table, Account.__table__)
+_CARDS = cast(Table, Card.__table__)
+_RESERVATIONS = cast(Table, Reservation.__table__)
+_CDRS = cast(Table, Cdr.__table__)
+_ENTRIES = cast(Table, LedgerEntry.__table__)
+_PLAN_NAME = select(RatingPlan.__table__.c.name).where(
+    RatingPlan.__table__.c.id == bindparam("plan"))
+_CARD_STATE = select(_CARDS.c.status, _CARDS.c.expires_on, _CARDS.c.account_id).where(
+    _CARDS.c.id == bindparam("card_id"))
+# A row lock on PostgreSQL; SQLite's transaction holds the write lock already.
+_ACCOUNT_FOR_UPDATE = select(
+    _ACCOUNTS.c.status, _ACCOUNTS.c.plan_id, _ACCOUNTS.c.balance, _ACCOUNTS.c.reserved,
+    _ACCOUNTS.c.currency, _ACCOUNTS.c.auto_recharge_threshold,
+    _ACCOUNTS.c.auto_recharge_amount,
+).where(_ACCOUNTS.c.id == bindparam("account")).with_for_update()
+_ACCOUNT_OF_RESERVATION = select(_RESERVATIONS.c.account_id).where(
+    _RESERVATIONS.c.id == bindparam("reservation"))
+_RESERVATION_FOR_UPDATE = select(_RESERVATIONS).where(
+    _RESERVATIONS.c.id == bindparam("reservation")).with_for_update()
+_NEW_RESERVATION = insert(_RESERVATIONS).returning(_RESERVATIONS.c.id)
+_NEW_CDR = insert(_CDRS).returning(_CDRS.c.id)
+_NEW_ENTRY = insert(_ENTRIES)
+_CDR_OF = select(_CDRS.c.id, _CDRS.c.billable_seconds, _CDRS.c.cost).where(
+    _CDRS.c.uniqueid == bindparam("call_id"))
+_HOLD_MORE = update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account")).values(
+    reserved=_ACCOUNTS.c.reserved + bindparam("more", type_=Money()))
+# A call's end: its hold goes, and the balance is what the charge leaves (the caller
+# computed it under the lock and writes its ledger entry in the same transaction).
+_CHARGE = update(_ACCOUNTS).where(_ACCOUNTS.c.id == bindparam("account")).values(
+    reserved=_ACCOUNTS.c.reserved - bindparam("held", type_=Money()),
+    balance=bindparam("balance_now", type_=Money()))
+_CLOSE_RESERVATION = update(_RESERVATIONS).where(
+    _RESERVATIONS.c.id == bindparam("reservation")).values(
+    status=bindparam("new_status", type_=_RESERVATIONS.c.status.type),
+    closed_at=bindparam("closed", type_=_RESERVATIONS.c.closed_at.type),
+    uniqueid=func.coalesce(bindparam("call_id", type_=_RESERVATIONS.c.uniqueid.type),
+                           _RESERVATIONS.c.uniqueid))
+_BUSY_CARDS = select(_RESERVATIONS.c.card_id).where(
+    _RESERVATIONS.c.account_id == bindparam("account"),
+    _RESERVATIONS.c.status == ReservationStatus.ACTIVE,
+    _RESERVATIONS.c.card_id.is_not(None))
+_IDLE_CARDS = select(func.count()).select_from(
+    select(_CARDS.c.id).where(
+        _CARDS.c.account_id == bindparam("account"),
+        _CARDS.c.status == CardStatus.ACTIVE,
+        or_(_CARDS.c.expires_on.is_(None), _CARDS.c.expires_on >= bindparam("today")),
+        _CARDS.c.id.not_in(_BUSY_CARDS),
+        _CARDS.c.id != bindparam("card_id"),  # 0: no card of the account's is calling
+    ).limit(bindparam("most")).subquery())
+
+
+def _locked_account(s: Session | Connection, account_id: int) -> Any:
+    """The account's row for update (see ivr.db.lock_account)."""
+    row = s.execute(_ACCOUNT_FOR_UPDATE, {"account": account_id}).one_or_none()
+    if row is None:
+        raise LookupError(f"no account {account_id}")
+    return row
+
+
+def _locked_reservation(s: Connection, reservation_id: int) -> tuple[Any, Any]:
+    """(reservation row, account row), both locked, in the order every step takes them:
+    the account, then the reservation."""
+    account_id = s.scalar(_ACCOUNT_OF_RESERVATION, {"reservation": reservation_id})
+    if account_id is None:
+        raise LedgerError(f"no reservation {reservation_id}")
+    account = _locked_account(s, account_id)
+    res = s.execute(_RESERVATION_FOR_UPDATE, {"reservation": reservation_id}).one()
+    return res, account
+
+
+def _settled_already(s: Connection, res: Any, uniqueid: str,
+                     balance: Decimal) -> Settlement | None:
+    """The settlement of a call already charged under ``uniqueid`` (or, once settled,
+    under the reservation's own uniqueid): settling is idempotent."""
+    cdr = s.execute(_CDR_OF, {"call_id": uniqueid}).one_or_none()
+    if cdr is None and res.status is ReservationStatus.SETTLED and res.uniqueid:
+        cdr = s.execute(_CDR_OF, {"call_id": res.uniqueid}).one_or_none()
+    if cdr is None:
+        return None
+    return Settlement(res.id, cdr.id, cdr.billable_seconds, cdr.cost, balance, True,
+                      res.seconds)
+
+
+def _usable(status: CardStatus, expires_on: date | None, today: date) -> bool:
+    return status is CardStatus.ACTIVE and (expires_on is None or expires_on >= today)
 
 
 def _held(affordable: int, held: int, hold: int, floor: int, sharers: int) -> int:
@@ -568,32 +661,19 @@ def _floor(table: RateTable, plan: Plan, number: str, at: datetime, service: str
     return max(MIN_HOLD, quote(table, plan, number, 1, at, service).charged_seconds)
 
 
-def _sharers(s: Session, account_id: int, card_id: int | None, today: date, most: int) -> int:
+def _sharers(s: Session | Connection, account_id: int, card_id: int | None, today: date,
+             most: int) -> int:
     """1 + the account's other usable cards not in a call now (each could start one),
     counted up to ``most`` (more would not shrink a share below the floor)."""
     if most < 1:
         return 1
-    busy = select(Reservation.card_id).where(
-        Reservation.account_id == account_id,
-        Reservation.status == ReservationStatus.ACTIVE,
-        Reservation.card_id.is_not(None),
-    )
-    idle = select(Card.id).where(
-        Card.account_id == account_id,
-        Card.status == CardStatus.ACTIVE,
-        or_(Card.expires_on.is_(None), Card.expires_on >= today),
-        Card.id.not_in(busy),
-    )
-    if card_id is not None:
-        idle = idle.where(Card.id != card_id)
-    count = s.scalar(select(func.count()).select_from(idle.limit(most).subquery()))
+    count = s.scalar(_IDLE_CARDS, {"account": account_id, "today": today,
+                                   "card_id": card_id or 0, "most": most})
     return 1 + (count or 0)
 
 
 def card_usable(card: Card, today: date) -> bool:
-    if card.status is not CardStatus.ACTIVE:
-        return False
-    return card.expires_on is None or card.expires_on >= today
+    return _usable(card.status, card.expires_on, today)
 
 
 def _aware(value: datetime) -> datetime:

@@ -496,7 +496,7 @@ class RatingCache:
         self._loading: dict[int, threading.Thread] = {}
         self._starting = threading.Lock()
 
-    def get(self, plan_id: int, session: Session | None = None) -> PlanRates:
+    def get(self, plan_id: int, session: Session | Connection | None = None) -> PlanRates:
         """The plan's table. With ``session`` (inside the caller's transaction) this only
         reads the plan's version, at most every ``ttl`` seconds, and never compiles:
         :class:`RatesNotLoaded` if the plan was never loaded. Without, it loads or
@@ -565,7 +565,7 @@ class RatingCache:
             self._checked.clear()
 
 
-def _version(session: Session, plan_id: int) -> int:
+def _version(session: Session | Connection, plan_id: int) -> int:
     version = session.scalar(select(RatingPlan.rates_version).where(RatingPlan.id == plan_id))
     if version is None:
         raise PlanError(f"no plan with id {plan_id}")
