@@ -31,7 +31,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from .config import Settings
 from .db import Database, rows_changed
@@ -100,7 +100,7 @@ def pinless(
     if not callerid:
         return None
     with db.reading() as s:
-        card = s.scalar(select(Card).where(Card.callerid == callerid))
+        card = s.scalar(_with_account.where(Card.callerid == callerid))
         if card is None:
             return None
         return _usable(s, card, (today or utcnow()).date())
@@ -132,7 +132,7 @@ def log_in(db: Database, number: str, pin: str, callerid: str | None, policy: Lo
     """
     now = now or utcnow()
     with db.reading() as s:
-        card = s.scalar(select(Card).where(Card.number == number)) if number else None
+        card = s.scalar(_with_account.where(Card.number == number)) if number else None
         card_id, stored = ((card.id, card.pin_hash) if card is not None
                            else (None, decoy_hash(policy.pin_keys)))
         ok = card_pin_ok(pin, stored, number, policy.pin_keys)
@@ -180,10 +180,14 @@ def verify_pin(db: Database, card_id: int, pin: str, callerid: str | None, polic
 def holder(db: Database, card_id: int) -> Cardholder:
     """The card's account as it is now (after a call, for the new balance)."""
     with db.reading() as s:
-        card = s.get(Card, card_id)
+        card = s.scalar(_with_account.where(Card.id == card_id))
         if card is None:
             raise LookupError(f"no card {card_id}")
         return _holder(card, card.account)
+
+
+# A card with its account, in one query (the call flow reads both at each step).
+_with_account = select(Card).options(joinedload(Card.account))
 
 
 def forget_failures(db: Database, older_than: datetime) -> int:

@@ -35,9 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.orm import Session
 
 from ..agi.protocol import Reply
@@ -266,21 +266,29 @@ def _prompt(path: str, secret: bool) -> dict[str, Any]:
 
 
 def write_steps(db: Database, steps: list[_Step]) -> None:
-    """Write buffered steps in one transaction (one multi-row insert)."""
-    with db.transaction() as s:
-        add_steps(s, steps)
+    """Write buffered steps in one transaction (one Core executemany: no ORM work for
+    the thousands of steps a busy server buffers)."""
+    if not steps:
+        return
+    with db.connection() as conn:
+        conn.execute(_NEW_STEP, _rows(steps))
 
 
 def add_steps(s: Session, steps: list[_Step]) -> None:
     """Insert steps in the transaction ``s`` (a change recorded with its audit line)."""
-    if not steps:
-        return
-    s.execute(insert(CallEvent), [
-        {"call_id": call_id[:CALL_ID_MAX], "at": datetime.fromtimestamp(at, UTC),
-         "kind": kind[:KIND_MAX],
-         "detail": json.dumps(detail, default=_plain, separators=(",", ":"),
-                              ensure_ascii=False)}
-        for call_id, at, kind, detail in steps])
+    if steps:
+        s.execute(_NEW_STEP, _rows(steps))
+
+
+_NEW_STEP = insert(cast(Table, CallEvent.__table__))
+
+
+def _rows(steps: list[_Step]) -> list[dict[str, Any]]:
+    return [{"call_id": call_id[:CALL_ID_MAX], "at": datetime.fromtimestamp(at, UTC),
+             "kind": kind[:KIND_MAX],
+             "detail": json.dumps(detail, default=_plain, separators=(",", ":"),
+                                  ensure_ascii=False)}
+            for call_id, at, kind, detail in steps]
 
 
 def _plain(value: object) -> object:
