@@ -115,11 +115,13 @@ class AgiSession:
         allowance = reply_allowance(name, args)
         timeout = (self._command_timeout if allowance is None
                    else min(allowance, self._command_timeout))
+        debug = log.isEnabledFor(logging.DEBUG)
         async with self._lock:
-            if quiet:
-                log.debug("%s -> %s <redacted>", self._log_prefix, name)
-            else:
-                log.debug("%s -> %s", self._log_prefix, data.decode().rstrip())
+            if debug:
+                if quiet:
+                    log.debug("%s -> %s <redacted>", self._log_prefix, name)
+                else:
+                    log.debug("%s -> %s", self._log_prefix, data.decode().rstrip())
             if self.watcher is not None:
                 self._watch(self.watcher.sent, name, args, quiet)
             try:
@@ -129,7 +131,9 @@ class AgiSession:
                 self.hung_up = True
                 raise AgiHangup(f"{name}: connection lost ({exc})") from None
             try:
-                reply = await asyncio.wait_for(self._next_reply(name), timeout)
+                # A deadline on this task, not wait_for's task per command.
+                async with asyncio.timeout(timeout):
+                    reply = await self._next_reply(name)
             except TimeoutError:
                 self._break(f"no reply to {name} within {timeout:g}s")
                 raise AgiTimeout(f"{name}: Asterisk did not reply within {timeout:g}s") from None
@@ -139,7 +143,7 @@ class AgiSession:
             except asyncio.CancelledError:  # its reply is still to come: out of step
                 self._break(f"ended while waiting for the reply to {name}")
                 raise
-        if not quiet:
+        if debug and not quiet:
             log.debug("%s <- %s", self._log_prefix, reply.raw)
         if self.watcher is not None:
             self._watch(self.watcher.replied, name, args, reply, quiet)
