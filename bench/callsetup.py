@@ -394,7 +394,7 @@ async def run_classic(db_path: Path, cards: list[tuple[str, str]], tmp: Path,
 
 
 def prepare_database(url: str, count: int, tmp: Path) -> list[tuple[str, str]]:
-    """Schema, the test plan and ``count`` cards (one batch: the scrypt hashes are made
+    """Schema, the test plan and ``count`` cards (one batch: the PIN hashes are made
     once, before anything is timed). Returns (card number, PIN) pairs."""
     from ivr.db import Database
     from ivr.db.migrate import upgrade
@@ -546,7 +546,7 @@ def report(args: argparse.Namespace, results: list[Result], *, store_note: str,
           "p50/p99 by nearest rank.")
     print("KB/call: ours = server RSS growth (/proc VmRSS) from idle to all calls in Dial "
           "(round 1), / calls; classic = mean RSS of one process in Dial. CPU/call: the whole "
-          "call (log-in and its scrypt PIN check included), server process or all scripts."
+          "call (log-in and its keyed PIN check included), server process or all scripts."
           + (f" --mmap: the server ran with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}."
              if args.mmap else ""))
     print()

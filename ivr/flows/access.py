@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -283,29 +284,27 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
     assert s.holder is not None
     closed = dialled = False
     try:
+        key = dialplan_word(str(r.key))
         await s.voice.play(call, "connecting")
         s.charging.track(s.controller, r.key, grant, channel=call.env.channel,
                          language=s.voice.language(call), card_id=s.holder.card_id,
                          callerid=s.callerid)
-        # From here a hang-up handler records the outcome in Asterisk (AstDB) unless we
-        # settle first: a call that outlives this server is still settled (ivr.live.recovery).
-        await call.set_variable("IVR_SETTLED", "0")
-        await call.set_variable("IVR_CALL_KEY", str(r.key))
-        await call.set_variable("CHANNEL(hangup_handler_push)", "ivr-access-hangup,s,1")
-        # The caller may press *9 during the call: the top-up menu (features.conf).
-        await call.set_variable("__DYNAMIC_FEATURES", "topup")
-        await call.set_variable("TIMEOUT(absolute)",
-                                backstop(s.settings.dial_timeout + grant.seconds))
         target = await s.app.dial_target(r.number)
         log.info("%s dialling %s for up to %ss (reservation %s)", s.tag, r.number,
                  grant.seconds, grant.reservation_id)
         if call.hung_up:  # the session sends nothing more: Dial will not run
             raise AgiHangup("caller hung up before Dial")
         dialled = True
+        # Dial's B() runs ivr-access-prepare on the caller's channel before it dials, in
+        # the same round trip: from there a hang-up handler records the outcome in
+        # Asterisk (AstDB) unless we settle first, so a call that outlives this server is
+        # still settled (ivr.live.recovery); *9 opens the top-up menu (features.conf);
+        # and the caller's leg gets its backstop limit. U() sets the called channel's.
         await call.exec("Dial", target, str(s.settings.dial_timeout),
-                        f"U(ivr-access-answered^{grant.seconds}^{r.key})")
-        status = await call.get_variable("DIALSTATUS", dead_ok=True) or "UNKNOWN"
-        record = await answered_record(call, r.key, status)
+                        f"U(ivr-access-answered^{grant.seconds}^{key})"
+                        f"B(ivr-access-prepare^s^1({key}^"
+                        f"{backstop(s.settings.dial_timeout + grant.seconds)}))")
+        status, record = await dial_outcome(call, r.key)
         if record is None and status == "ANSWER":
             # Answered, but its length is not recorded yet: never settle an answered call
             # at 0 s. The recovery sweep settles it from the record once it is written.
@@ -323,7 +322,10 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
             log.info("%s call to %s not answered: %s", s.tag, r.number, status)
         closed = True
         await call.set_variable("IVR_SETTLED", "1", dead_ok=True)
-        await call.database_del(ASTDB_FAMILY, str(r.key))
+        if record is not None:
+            # Only the called channel's hang-up handler has written a record by now, and
+            # only for an answered call; the caller's own handler sees IVR_SETTLED.
+            await call.database_del(ASTDB_FAMILY, str(r.key))
         if not call.hung_up:
             await call.set_variable("TIMEOUT(absolute)", 0)
         cut = settlement is not None and settlement.seconds >= settlement.granted
@@ -336,8 +338,33 @@ async def dial(s: AccessCall, r: _Reserved) -> DialResult:
         s.charging.done(s.controller, r.key)
 
 
+_DIALPLAN_WORD = re.compile(r"[A-Za-z0-9._-]{1,120}")
+
+
+def dialplan_word(text: str) -> str:
+    """``text`` for a Gosub argument inside Dial's options: letters, digits, ``.``,
+    ``_`` and ``-`` only, since ``,`` ``^`` ``(`` ``)`` ``|`` and ``$`` mean something
+    there. A call key (``<uniqueid>-<n>``, the uniqueid from Asterisk) always is."""
+    if not _DIALPLAN_WORD.fullmatch(text):
+        raise ValueError(f"not usable in a dial string: {text!r}")
+    return text
+
+
 RECORD_WAIT = 3.0  # seconds to wait for an answered call's AstDB record
 RECORD_POLL = 0.05
+
+
+async def dial_outcome(call: AgiSession, key: CallKey) -> tuple[str, str | None]:
+    """DIALSTATUS and the call's AstDB record. A record there at once is the called
+    channel's (ANSWER and the length): it tells the status too, so DIALSTATUS is read only
+    without one, and an answered call's record is then waited for."""
+    record = await call.database_get(ASTDB_FAMILY, str(key))
+    if record is not None:
+        return CallOutcome.parse(record).dial_status, record
+    status = await call.get_variable("DIALSTATUS", dead_ok=True) or "UNKNOWN"
+    if status == "ANSWER":
+        record = await answered_record(call, key, status)
+    return status, record
 
 
 async def answered_record(call: AgiSession, key: CallKey, status: str) -> str | None:

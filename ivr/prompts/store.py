@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 SOURCES = ("tts", "recorded")
+RECHECK = 1.0  # seconds a play path may trust the manifest without looking at the file
+MAX_PATHS = 10_000  # play paths kept per manifest read (prompt ids x languages)
 
 
 class ManifestError(RuntimeError):
@@ -141,7 +144,8 @@ class PromptStore:
     def __init__(self, host_dir: Path, inner_dir: str) -> None:
         self.host_dir = Path(host_dir)
         self.inner_dir = inner_dir.rstrip("/") or "/"
-        self._cache: tuple[tuple[int, int, int], Manifest] | None = None
+        self._manifest_file = str(self.host_dir / MANIFEST)
+        self._cache: _Loaded | None = None
 
     def __repr__(self) -> str:
         return f"PromptStore({str(self.host_dir)!r}, {self.inner_dir!r})"
@@ -202,17 +206,25 @@ class PromptStore:
 
     def manifest(self) -> Manifest:
         """The manifest as it is on disk (re-read only when the file changed)."""
+        loaded = self._load()
+        return loaded.manifest if loaded.stamp is not None else Manifest()
+
+    def _load(self) -> _Loaded:
+        """The manifest file's stamp and contents, read again only when the stamp moved
+        (a write replaces the file: a new inode)."""
+        writes, now = _writes, time.monotonic()
         try:
-            st = self.manifest_path.stat()
+            st = os.stat(self._manifest_file)
+            stamp: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            return Manifest()
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            stamp = None
         cached = self._cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        manifest = self._read()
-        self._cache = (key, manifest)
-        return manifest
+        if cached is not None and cached.stamp == stamp:
+            cached.checked_at, cached.writes = now, writes
+            return cached
+        manifest = self._read() if stamp is not None else Manifest()
+        loaded = self._cache = _Loaded(stamp, manifest, now, writes)
+        return loaded
 
     def _read(self) -> Manifest:
         try:
@@ -228,11 +240,29 @@ class PromptStore:
         return self.manifest().current(prompt_id, lang)
 
     def play_path(self, prompt_id: str, lang: str) -> str | None:
-        """What to give STREAM FILE for the current version (None when there is none)."""
-        version = self.current(prompt_id, lang)
-        if version is None:
-            return None
-        return self.inner(self.version_base(prompt_id, lang, version.version))
+        """What to give STREAM FILE for the current version (None when there is none).
+
+        Every prompt a call plays asks this, so the answer is kept with the manifest it
+        came from, and the manifest file is looked at again at most every RECHECK
+        seconds: a change made from another process (``ivr prompts``, a console of
+        its own) is played from then on; one made in this process (a recording by
+        phone, the web console, ``ivr prompts`` in-process) at once."""
+        loaded = self._cache
+        if (loaded is None or loaded.writes != _writes
+                or time.monotonic() - loaded.checked_at >= RECHECK):
+            loaded = self._load()
+        key = (prompt_id, lang)
+        paths = loaded.paths
+        try:
+            return paths[key]
+        except KeyError:
+            pass
+        version = loaded.manifest.current(prompt_id, lang)
+        found = (None if version is None
+                 else self.inner(self.version_base(prompt_id, lang, version.version)))
+        if len(paths) < MAX_PATHS:
+            paths[key] = found
+        return found
 
     def missing(self, catalogue: Catalogue, langs: tuple[str, ...] | None = None
                 ) -> list[tuple[str, str]]:
@@ -269,6 +299,7 @@ class PromptStore:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.manifest_path)
+            _wrote()
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -334,6 +365,28 @@ class PromptStore:
                                     "is missing from the store")
             history.current = number
         return version
+
+
+@dataclass(eq=False)
+class _Loaded:
+    """A manifest as read, the stamp of the file it was read from (None: no file), when
+    that stamp was last seen on disk, and the play paths worked out from it."""
+
+    stamp: tuple[int, int, int] | None
+    manifest: Manifest
+    checked_at: float  # time.monotonic()
+    writes: int  # _writes then
+    paths: dict[tuple[str, str], str | None] = field(default_factory=dict)
+
+
+# Manifests this process has written (any store): a store that sees the count move
+# looks at its file again before the next play, whatever RECHECK says.
+_writes = 0
+
+
+def _wrote() -> None:
+    global _writes
+    _writes += 1
 
 
 def _now() -> str:

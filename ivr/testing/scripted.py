@@ -5,9 +5,10 @@ The call flows name prompts by id and play them from the store as
 ``<store>/<lang>/<id>/v<n>``, so a script can answer by prompt id and read back what
 the caller heard in order, without knowing how many commands a prompt or a spoken
 amount takes. The dialplan side of a dialled call (ivr-access.conf) is scripted too:
-``EXEC Dial`` returns at once, ``GET VARIABLE DIALSTATUS`` gives the scripted status,
-and the call's AstDB record (``DATABASE GET ivr-calls <key>``) is ``ANSWER,<ms>`` for an
-answered call, as the called channel's hang-up handler writes it.
+``EXEC Dial`` returns at once (its ``B()`` option names the call key), ``GET VARIABLE
+DIALSTATUS`` gives the scripted status, and the call's AstDB record (``DATABASE GET
+ivr-calls <key>``) is ``ANSWER,<ms>`` for an answered call, as the called channel's
+hang-up handler writes it.
 
 Used by the unit tests of the flows (tests/unit/test_flows_*.py): fast and
 deterministic, but no proof that Asterisk behaves so; the real-Asterisk tests are.
@@ -33,6 +34,7 @@ CALLER_ID = "15550001111"  # the fake Asterisk's default agi_callerid
 
 DEAD = "511 Command Not Permitted on a dead channel"
 _VERSION = re.compile(r"v\d+")
+_PREPARE = re.compile(r"B\(ivr-access-prepare\^s\^1\(([^^()]*)")
 
 
 @dataclass(frozen=True)
@@ -178,7 +180,12 @@ class ScriptedCaller:
                     return f"200 result={ord(key[0])} endpos=4000"
             return "200 result=0 endpos=8000"
         if command.startswith("EXEC") and args and args[0] == "Dial":
-            self.dialled.append(args[1].split(",")[0] if len(args) > 1 else "")
+            options = args[1] if len(args) > 1 else ""
+            self.dialled.append(options.split(",")[0])
+            # Dial's B(ivr-access-prepare^s^1(<key>^...)) sets IVR_CALL_KEY before it dials.
+            prepared = _PREPARE.search(options)
+            if prepared is not None:
+                self._call_key = prepared.group(1)
             self._current = self._dials.pop(0) if self._dials else Outcome("NOANSWER")
             # The called channel's hang-up handler records an answered call during Dial.
             record = self._current.record

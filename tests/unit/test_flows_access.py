@@ -13,12 +13,22 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, select
 
 from ivr.db import Database
 from ivr.db.models import AuthFailure, Card, CardStatus, EntryKind, Reservation, ReservationStatus
+from ivr.flows.access import dialplan_word
 from ivr.testing.access import account_state, cdrs, open_reservations
-from ivr.testing.scripted import CALLER_ID, Line, LineFactory, Outcome, ScriptedCaller
+from ivr.testing.scripted import (
+    CALLER_ID,
+    Line,
+    LineFactory,
+    Outcome,
+    ScriptedCaller,
+    prompt_of,
+    quoted_args,
+)
 
 US_NUMBER = "12125550100"
 
@@ -140,6 +150,98 @@ async def test_busy_destination_releases_the_hold(line: Line) -> None:
     assert (cdr.billable_seconds, cdr.cost, cdr.hangup_cause) == (0, Decimal(0), "BUSY")
 
 
+def _steps(commands: list[str]) -> list[str]:
+    """A call's AGI commands in short: a played or asked prompt by what is heard, any other
+    command as its verb and first argument."""
+    out = []
+    for command in commands:
+        heard = prompt_of(command)
+        if heard is not None:
+            out.append(heard)
+        else:
+            verb = command.split(' "', 1)[0]
+            args = quoted_args(command)
+            out.append(f"{verb} {args[0]}" if args else verb)
+    return out
+
+
+# One paid call, one AGI round trip each. Dial's B() sets the caller channel's variables
+# for the call (ivr-access-prepare) in Dial's own round trip.
+CALL_STEPS = ["enter-destination", "you-have", "number:8", "minutes", "for-this-call",
+              "connecting", "EXEC Dial"]
+
+
+async def test_the_agi_commands_of_a_session_with_one_answered_call(line: Line) -> None:
+    card = line.card("5.00")
+    caller = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER),
+                            dials=[Outcome.answered(42)])
+    commands = await line.call(caller)
+
+    assert _steps(commands) == [
+        "ANSWER", *LOG_IN, "number:5", "digits/dollars",
+        *CALL_STEPS,
+        # The called channel's record is there: it tells ANSWER, no DIALSTATUS read.
+        "DATABASE GET ivr-calls",
+        "SET VARIABLE IVR_SETTLED", "DATABASE DEL ivr-calls", "SET VARIABLE TIMEOUT(absolute)",
+        "call-cost", "number:42", "unit-cents",
+        "your-balance-is", "number:4", "digits/dollars", "vm-and", "number:58", "unit-cents",
+        "another-call", "SET VARIABLE IVR_DONE", "goodbye", "HANGUP",
+    ]
+    assert len(commands) == 31  # 37 before Dial took the variables (5 SET VARIABLE)
+    key = "1700000000.1-1"
+    dial = next(c for c in commands if c.startswith("EXEC"))
+    assert dial == (f'EXEC "Dial" "Local/{US_NUMBER}@ivr-test-callee,60,'
+                    f'U(ivr-access-answered^300^{key})B(ivr-access-prepare^s^1({key}^390))"')
+    assert caller.astdb == {}
+
+
+async def test_the_agi_commands_of_an_unanswered_call(line: Line) -> None:
+    card = line.card("5.00")
+    keys = log_in_keys(card.number, card.pin, US_NUMBER, US_NUMBER) | {"another-call": ["1"]}
+    caller = ScriptedCaller(keys, dials=[Outcome("NOANSWER"), Outcome("BUSY")])
+    commands = await line.call(caller)
+
+    # No record: DIALSTATUS says how it ended, and there is nothing to delete.
+    after_dial = ["DATABASE GET ivr-calls", "GET VARIABLE DIALSTATUS",
+                  "SET VARIABLE IVR_SETTLED", "SET VARIABLE TIMEOUT(absolute)"]
+    assert _steps(commands) == [
+        "ANSWER", *LOG_IN, "number:5", "digits/dollars",
+        *CALL_STEPS, *after_dial, "no-answer", "another-call",
+        *CALL_STEPS, *after_dial, "busy", "another-call",
+        "SET VARIABLE IVR_DONE", "goodbye", "HANGUP",
+    ]
+    assert len(commands) == 36  # 48 before Dial took the variables and the DEL went
+    assert [c.split(",")[2] for c in commands if c.startswith("EXEC")] == [
+        'U(ivr-access-answered^300^1700000000.1-1)B(ivr-access-prepare^s^1(1700000000.1-1^390))"',
+        'U(ivr-access-answered^300^1700000000.1-2)B(ivr-access-prepare^s^1(1700000000.1-2^390))"',
+    ]
+    balance, reserved, _ = account_state(line.db, card.account)
+    assert (balance, reserved) == (Decimal("5.00"), Decimal(0))
+    assert [r.status for r in reservations(line.db)] == [ReservationStatus.RELEASED] * 2
+
+
+async def test_a_call_key_unfit_for_the_dial_string_is_never_dialled(line: Line) -> None:
+    """The call key goes into Dial's Gosub arguments, where , ^ ( ) | $ mean something:
+    a channel uniqueid with any of them (Asterisk's never have) is refused before Dial,
+    and the hold is released."""
+    card = line.card("5.00")
+    caller = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER))
+    commands = await caller.call("127.0.0.1", line.server.port, "access",
+                                 uniqueid="1700000000.1,B(x)")
+    await line.server.wait_idle()
+
+    assert not any(c.startswith("EXEC") for c in commands)
+    assert caller.prompts == [*LOG_IN, "enter-destination", "you-have", "for-this-call"]
+    assert line.server.stats.failed == 1
+    balance, reserved, _ = account_state(line.db, card.account)
+    assert (balance, reserved) == (Decimal("5.00"), Decimal(0))
+    assert [r.status for r in reservations(line.db)] == [ReservationStatus.RELEASED]
+    assert dialplan_word("1700000000.25-3") == "1700000000.25-3"
+    for bad in ("", "a,b", "a^b", "a(b", "a)b", "${X}", "a|b", "a b", "x" * 121):
+        with pytest.raises(ValueError):
+            dialplan_word(bad)
+
+
 def _index(commands: list[str], prefix: str) -> int:
     """1-based position of the first command starting with ``prefix``."""
     return next(i for i, c in enumerate(commands, 1) if c.startswith(prefix))
@@ -171,16 +273,16 @@ async def test_hang_up_at_you_have_releases_the_reservation(line: Line) -> None:
 
 
 async def test_a_hang_up_anywhere_between_reservation_and_dial_releases_it(line: Line) -> None:
-    """After each command from the reservation's first prompt to the last channel
-    variable before Dial, in turn: the hold is always released, never left held or
-    charged. (The hang-up after the very last command before Dial: the next test.)"""
+    """After each command from the reservation's first prompt to the last one before
+    Dial, in turn: the hold is always released, never left held or charged. (The hang-up
+    after the very last command before Dial: the next test.)"""
     card = line.card("5.00")
     probe = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER),
                            dials=[Outcome("BUSY")])
     full = await line.call(probe, uniqueid="1700000000.100")
     first = next(i for i, c in enumerate(full, 1) if "/you-have/" in c)
     dial = _index(full, 'EXEC "Dial"')
-    assert dial - first >= 8  # the minutes, "connecting", the channel variables
+    assert dial - first == 5  # "you have", "eight", "minutes", "for this call", "connecting"
     for n in range(first, dial - 1):
         caller = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER))
         commands = await line.call(caller, hangup_after=n, uniqueid=f"1700000001.{n}")
@@ -194,16 +296,16 @@ async def test_a_hang_up_anywhere_between_reservation_and_dial_releases_it(line:
 
 
 async def test_a_hang_up_just_before_dial_releases_the_hold(line: Line) -> None:
-    """The caller hangs up right after the last channel variable is set: the session
-    knows it and refuses to send EXEC Dial, so Dial never runs and nobody (no hang-up
-    handler record of a Dial, no call) will settle this hold: it should be released
-    now, as after any other prompt before Dial."""
+    """The caller hangs up right after "connecting": the session knows it and refuses to
+    send EXEC Dial, so Dial never runs and nobody (no hang-up handler record of a Dial,
+    no call) will settle this hold: it should be released now, as after any other
+    prompt before Dial."""
     card = line.card("5.00")
     probe = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER),
                            dials=[Outcome("BUSY")])
     full = await line.call(probe, uniqueid="1700000000.100")
     dial = _index(full, 'EXEC "Dial"')
-    assert full[dial - 2].startswith('SET VARIABLE "TIMEOUT(absolute)"')
+    assert "/connecting/" in full[dial - 2]
     caller = ScriptedCaller(log_in_keys(card.number, card.pin, US_NUMBER))
     commands = await line.call(caller, hangup_after=dial - 1, uniqueid="1700000000.2")
     assert not any(c.startswith("EXEC") for c in commands)  # Dial never ran

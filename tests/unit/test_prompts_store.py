@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import sys
 import wave
 from pathlib import Path
 from types import SimpleNamespace
@@ -117,6 +118,52 @@ def test_versions_history_and_restore(store, tmp_path):
         store.restore("welcome", "en", 7)
     with pytest.raises(ManifestError, match="no versions in 'es'"):
         store.restore("welcome", "es", 1)
+
+
+def test_play_paths_are_kept_yet_follow_changes_from_this_and_other_processes(
+        store, tmp_path, monkeypatch):
+    """Every prompt a call plays asks play_path: it keeps its answers and looks at the
+    manifest file at most every RECHECK seconds, which is how a change made by another
+    process reaches it; a change written by this process (another store object on the
+    same directory, as the web console's) is seen at once."""
+    import ivr.prompts.store as store_module
+
+    _add(store, tmp_path, "welcome")
+    _add(store, tmp_path, "welcome")
+    player = PromptStore(store.host_dir, store.inner_dir)  # the call server's
+    v1, v2 = (f"{store.inner_dir}/en/welcome/v{n}" for n in (1, 2))
+    assert player.play_path("welcome", "en") == v2
+
+    manifest_file = str(store.manifest_path)
+    stats: list[str] = []
+    real_stat = store_module.os.stat
+
+    def counting_stat(path, *args, **kwargs):
+        if str(path) == manifest_file:
+            stats.append(str(path))
+        return real_stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.os, "stat", counting_stat)
+    monkeypatch.setattr(store_module, "RECHECK", 3600.0)
+    assert {player.play_path("welcome", "en") for _ in range(100)} == {v2}
+    assert player.play_path("goodbye", "en") is None
+    assert stats == []  # the file was not looked at: all from what was read
+
+    # `ivr prompts restore` in another process: seen once RECHECK has passed.
+    subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                    "from ivr.prompts import PromptStore; "
+                    "PromptStore(Path(sys.argv[1]), sys.argv[1]).restore('welcome', 'en', 1)",
+                    str(store.host_dir)], check=True)
+    assert player.play_path("welcome", "en") == v2
+    monkeypatch.setattr(store_module, "RECHECK", 0.0)
+    assert player.play_path("welcome", "en") == v1
+    assert len(stats) == 1
+
+    # A write from this process: seen at the next play, whatever RECHECK says.
+    monkeypatch.setattr(store_module, "RECHECK", 3600.0)
+    PromptStore(store.host_dir, store.inner_dir).restore("welcome", "en", 2)
+    assert player.play_path("welcome", "en") == v2
+    assert player.current("welcome", "en").version == 2
 
 
 def test_manifest_writes_are_atomic_and_all_or_nothing(store, tmp_path):
