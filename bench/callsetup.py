@@ -53,7 +53,7 @@ TARGET_P99_MS = 25.0
 TARGET_KB_PER_CALL = 200.0
 SETUP_COMMANDS = (
     "STREAM FILE you-have, SAY NUMBER, STREAM FILE minutes, STREAM FILE for-this-call, "
-    "STREAM FILE connecting, 4 x SET VARIABLE"
+    "STREAM FILE connecting"
 )
 CALL_TIMEOUT = 120.0  # seconds a scenario may wait for its calls at any gate
 
@@ -538,8 +538,10 @@ def report(args: argparse.Namespace, results: list[Result], *, store_note: str,
           f"not timed), {min(n, WARMUP_CALLS)} warm-up calls, then {n} calls at once")
     print("setup = the caller's last destination digit (GET DATA reply written) -> EXEC Dial "
           "read, timed by this driver. It covers normalise, rate + reserve (one DB "
-          f"transaction) and 9 instant round trips: {SETUP_COMMANDS} (\"you have N minutes "
-          "for this call\", \"connecting\", Dial's variables).")
+          "transaction) and the instant round trips of \"you have N minutes for this call\", "
+          f"\"connecting\": {SETUP_COMMANDS}. Ours then sends Dial, whose B() option sets "
+          "the call's variables in Asterisk; the classic script sends 4 SET VARIABLEs first "
+          "(9 round trips in all).")
     print(f"round 1: the {n} callers, all waiting at the destination prompt, type in a "
           f"Poisson stream of {args.rate:g}/s (seed {args.seed}); round 2 (another call): all "
           f"{n} at the same instant. Each Dial is held until all {n} calls are in Dial. "
