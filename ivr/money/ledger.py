@@ -416,25 +416,9 @@ class Ledger:
             s.execute(_CLOSE_RESERVATION, {"reservation": res.id,
                                            "new_status": ReservationStatus.SETTLED,
                                            "closed": now, "call_id": uniqueid})
-            cdr_id = s.execute(_NEW_CDR, {
-                "uniqueid": uniqueid,
-                "account_id": res.account_id,
-                "card_id": res.card_id,
-                "reservation_id": res.id,
-                "caller": caller,
-                "destination": res.number,
-                "destination_name": res.destination,
-                "prefix": res.prefix,
-                "plan": _plan_name_of(s, res.rate_snapshot, res.plan_id),
-                "service": res.service,
-                "started_at": started_at or res.created_at,
-                "answered_at": answered_at,
-                "ended_at": ended_at or now,
-                "billable_seconds": seconds,
-                "cost": cost,
-                "currency": account.currency,
-                "hangup_cause": hangup_cause,
-            }).scalar_one()
+            cdr_id = s.execute(_NEW_CDR, _cdr_row(
+                s, res, uniqueid, caller, started_at, answered_at, ended_at or now, seconds,
+                cost, account.currency, hangup_cause)).scalar_one()
             return Settlement(res.id, cdr_id, seconds, cost, balance, False, res.seconds)
 
     # ------------------------------------------------------------------ release
@@ -462,25 +446,9 @@ class Ledger:
                                            "closed": closed, "call_id": uniqueid})
             if uniqueid is not None and s.execute(
                     _CDR_OF, {"call_id": uniqueid}).one_or_none() is None:
-                s.execute(_NEW_CDR, {
-                    "uniqueid": uniqueid,
-                    "account_id": res.account_id,
-                    "card_id": res.card_id,
-                    "reservation_id": res.id,
-                    "caller": caller,
-                    "destination": res.number,
-                    "destination_name": res.destination,
-                    "prefix": res.prefix,
-                    "plan": _plan_name_of(s, res.rate_snapshot, res.plan_id),
-                    "service": res.service,
-                    "started_at": started_at or res.created_at,
-                    "answered_at": None,
-                    "ended_at": closed,
-                    "billable_seconds": 0,
-                    "cost": Decimal(0),
-                    "currency": account.currency,
-                    "hangup_cause": hangup_cause,
-                })
+                s.execute(_NEW_CDR, _cdr_row(s, res, uniqueid, caller, started_at, None,
+                                             closed, 0, Decimal(0), account.currency,
+                                             hangup_cause))
 
     # ------------------------------------------------------------------ auto-recharge
 
@@ -607,6 +575,31 @@ _IDLE_CARDS = select(func.count()).select_from(
         _CARDS.c.id.not_in(_BUSY_CARDS),
         _CARDS.c.id != bindparam("card_id"),  # 0: no card of the account's is calling
     ).limit(bindparam("most")).subquery())
+
+
+def _cdr_row(s: Connection, res: Any, uniqueid: str, caller: str,
+             started_at: datetime | None, answered_at: datetime | None, ended_at: datetime,
+             seconds: int, cost: Decimal, currency: str, cause: str) -> dict[str, Any]:
+    """The call record of reservation ``res`` (a row) as it ends."""
+    return {
+        "uniqueid": uniqueid,
+        "account_id": res.account_id,
+        "card_id": res.card_id,
+        "reservation_id": res.id,
+        "caller": caller,
+        "destination": res.number,
+        "destination_name": res.destination,
+        "prefix": res.prefix,
+        "plan": _plan_name_of(s, res.rate_snapshot, res.plan_id),
+        "service": res.service,
+        "started_at": started_at or res.created_at,
+        "answered_at": answered_at,
+        "ended_at": ended_at,
+        "billable_seconds": seconds,
+        "cost": cost,
+        "currency": currency,
+        "hangup_cause": cause,
+    }
 
 
 def _locked_account(s: Session | Connection, account_id: int) -> Any:
