@@ -141,15 +141,23 @@ class CallOutcome:
     """How a dialled call ended, as Asterisk recorded it in AstDB."""
 
     dial_status: str  # ANSWER, BUSY, NOANSWER, CONGESTION, CHANUNAVAIL, CANCEL, ...
-    billsec: int  # whole seconds from answer to hang-up
+    billsec: int  # seconds from answer to hang-up, to the nearest second
 
     @classmethod
     def parse(cls, record: str) -> CallOutcome:
         """``ANSWER,<ms>`` (the called channel's hang-up handler) or ``<DIALSTATUS>,0``
-        (the caller's, when nobody answered)."""
+        (the caller's, when nobody answered).
+
+        The milliseconds are rounded to the nearest second (half up, as Asterisk's
+        ``initiatedseconds`` CDR option rounds), not floored: the record counts from the
+        moment the answered-call Gosub stamps the answer, a few milliseconds after it (more
+        on a loaded box), so a call that ended on a whole second, a callee hanging up
+        3.000 s after answering, reads 2998 ms and a floor would bill it 2 s. A call
+        under half a second is free; one cut at its limit is capped at its grant when
+        settled."""
         status, _, ms = record.partition(",")
         millis = int(ms) if ms.strip().isdigit() else 0
-        return cls(status.strip() or "UNKNOWN", millis // 1000)
+        return cls(status.strip() or "UNKNOWN", (millis + 500) // 1000)
 
 
 class CallController:

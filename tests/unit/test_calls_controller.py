@@ -35,7 +35,11 @@ from ivr.testing.access import CardInHand, create_test_plan, new_card
     [
         ("ANSWER,5407", "ANSWER", 5),
         ("ANSWER,7400", "ANSWER", 7),
-        ("ANSWER,999", "ANSWER", 0),  # under a second
+        ("ANSWER,2998", "ANSWER", 3),  # a callee who hung up 3.000 s after answering
+        ("ANSWER,2499", "ANSWER", 2),  # to the nearest second
+        ("ANSWER,2500", "ANSWER", 3),  # half up
+        ("ANSWER,499", "ANSWER", 0),  # under half a second: free
+        ("ANSWER,999", "ANSWER", 1),
         ("ANSWER,1000", "ANSWER", 1),
         ("ANSWER,0", "ANSWER", 0),
         ("ANSWER, 3000 ", "ANSWER", 3),
