@@ -40,6 +40,8 @@ from .calls import ASTDB_FAMILY, CallController, CallKey, CallOutcome, LiveCall
 from .servers import DatabaseOutage, as_utc
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..db.models import Reservation
     from .charging import Charging
     from .servers import Lease
@@ -67,7 +69,8 @@ class Recovery:
     box (its controller); calls are closed and adopted through the charging session."""
 
     def __init__(self, controller: CallController, lease: Lease | None = None, *,
-                 region: str = "US", failure_window: int = 3600) -> None:
+                 region: str = "US", failure_window: int = 3600,
+                 wall_clock: Callable[[], float] = time.time) -> None:
         if controller.charging is None:
             raise ValueError("recovery needs a controller with a charging session")
         self.controller = controller
@@ -76,6 +79,7 @@ class Recovery:
         self.ami = controller.ami
         self.ledger = self.charging.ledger
         self.region = region  # for the caller IDs of adopted calls
+        self.wall_clock = wall_clock  # Asterisk's answer stamps are wall-clock times
         # Log-in failures are kept a day, or the throttle's window when that is longer.
         self.failures_kept = max(AUTH_FAILURES_KEPT, timedelta(seconds=failure_window))
         self._lock = asyncio.Lock()
@@ -168,7 +172,7 @@ class Recovery:
         except ValueError:
             return False
         # The answer time is Asterisk's wall clock; Asterisk runs on this host.
-        elapsed = max(0.0, time.time() - answered_at)
+        elapsed = max(0.0, self.wall_clock() - answered_at)
         language = (await self._getvar(channel, "CHANNEL(language)") or "en")
         callerid = normalise_callerid(await self._getvar(channel, "CALLERID(num)"),
                                       self.region)

@@ -549,10 +549,14 @@ async def test_a_bridged_call_of_a_dead_server_is_adopted_renewed_then_settled(
     ami.channels["PJSIP/in-8"] = "1700000000.8"
     ami.variables["PJSIP/in-8"] = {"BRIDGEPEER": "Local/callee-8;1", "CHANNEL(language)": "es"}
     ami.channels["Local/callee-8;1"] = "1700000000.9"
+    # Both clocks stand still: 19.5 s after the answer however slowly the test runs
+    # (under load, half a second between stamping and adopting made it 20.0 s in).
+    now = time.time()
     ami.variables["Local/callee-8;1"] = {"IVR_CALL_KEY": key,
-                                         "IVR_ANSWERED_AT": f"{time.time() - 19.5:.3f}"}
-    c = CallController(ami, Charging(ledger, hold=30))  # type: ignore[arg-type]
-    report = await Recovery(c).recover_once()
+                                         "IVR_ANSWERED_AT": f"{now - 19.5:.3f}"}
+    c = CallController(ami, Charging(ledger, hold=30),  # type: ignore[arg-type]
+                       clock=lambda: 1000.0)
+    report = await Recovery(c, wall_clock=lambda: now).recover_once()
     assert (report.adopted, report.live, report.settled) == ([key], [], [])
     call = c.live_call("1700000000.8")
     assert call is not None and call.adopted and call.language == "es"
