@@ -362,10 +362,7 @@ def read_pcm16(path: Path) -> bytes:
     Asterisk stores prompts), as 16-bit linear bytes."""
     path = Path(path)
     if path.suffix in (".ulaw", ".pcm", ".mu"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import audioop
-        return audioop.ulaw2lin(path.read_bytes(), 2)
+        return bytes(_audioop().ulaw2lin(path.read_bytes(), 2))
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2 or w.getnchannels() != 1 or w.getframerate() != 8000:
             raise ValueError(f"{path}: not 16-bit mono 8 kHz "
@@ -381,27 +378,60 @@ def rms(pcm: bytes) -> float:
     return math.sqrt(sum(s * s for s in samples) / len(samples))
 
 
-def match_score(heard: bytes, reference: bytes) -> tuple[float, float]:
-    """The best normalised cross-correlation of ``reference`` against any stretch of
-    ``heard`` (both 16-bit 8 kHz linear), and where it is (seconds into ``heard``).
-
-    1.0 is the very same samples; what a caller hears of a prompt played over G.711
-    scores close to 1, unrelated audio near 0. audioop.findfit (C, standard library in
-    Python 3.11) finds the offset that minimises the squared error after the best
-    scaling, which is the offset of the largest |correlation|; the score is computed
-    there, signed."""
+def _audioop() -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         import audioop
-    if len(reference) < 2 or len(heard) < len(reference):
-        return 0.0, 0.0
-    offset, _factor = audioop.findfit(heard, reference)
-    window = heard[offset * 2 : offset * 2 + len(reference)]
+    return audioop
+
+
+def _correlation(window: bytes, reference: bytes) -> float:
     a = array.array("h", window)
     b = array.array("h", reference)
     dot = sum(x * y for x, y in zip(a, b, strict=True))
     norm = math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
-    return (dot / norm if norm else 0.0), offset / 8000
+    return dot / norm if norm else 0.0
+
+
+def match_score(heard: bytes, reference: bytes, *, piece: float = 0.25,
+                slack: float = 0.15) -> tuple[float, float]:
+    """How well ``reference`` is found in ``heard`` (both 16-bit 8 kHz linear), from -1
+    to 1, and where it starts (seconds into ``heard``).
+
+    1.0 is the very same samples; what a caller hears of a prompt played over G.711
+    scores close to 1, unrelated audio near 0. audioop.findfit (C, standard library in
+    Python 3.11) finds the offset that minimises the squared error after the best
+    scaling, which is the offset of the largest |correlation|; the whole prompt's
+    normalised correlation is computed there, signed.
+
+    A prompt heard whole but with a frame dropped or doubled on the way (a busy
+    Asterisk mixing a whisper, a recorder starved of CPU) is out of step after the gap,
+    and the whole-prompt figure falls to about the share before it. So the prompt is
+    also matched ``piece`` seconds at a time, each piece found again within ``slack``
+    seconds of where the whole put it, and the pieces' scores averaged by their energy
+    (silent pieces count for nothing); the score is the better of the two figures. A
+    prompt that is not there scores low either way: each piece may only move a little."""
+    audioop = _audioop()
+    if len(reference) < 2 or len(heard) < len(reference):
+        return 0.0, 0.0
+    offset, _factor = audioop.findfit(heard, reference)
+    whole = _correlation(heard[offset * 2: offset * 2 + len(reference)], reference)
+    step, room = int(piece * 8000), int(slack * 8000)
+    total = weighted = 0.0
+    for start in range(0, len(reference) // 2, step):
+        part = reference[start * 2: (start + step) * 2]
+        energy = float(sum(x * x for x in array.array("h", part)))
+        if len(part) < step // 2 or not energy:
+            continue
+        lo = max(0, offset + start - room)
+        region = heard[lo * 2: (offset + start + room) * 2 + len(part)]
+        if len(region) < len(part):
+            continue
+        at, _ = audioop.findfit(region, part)
+        weighted += energy * max(0.0, _correlation(region[at * 2: at * 2 + len(part)], part))
+        total += energy
+    pieces = weighted / total if total else 0.0
+    return max(whole, pieces), offset / 8000
 
 
 def tone_level(pcm: bytes, freq: float, rate: int = 8000) -> float:
