@@ -42,7 +42,9 @@ CPU per call and as % of one CPU over the step: Asterisk (its own threads), the 
 (`ivr serve`; for the classic side the scripts, Asterisk's reaped children, from
 /proc/<asterisk>/stat cutime+cstime), the database (PostgreSQL: the backends serving the
 bench's database; SQLite runs inside the server or the scripts), this driver; and the
-whole machine's busy time (others' work included). A side's ladder stops after its first
+whole machine's busy time (others' work included). The server's CPU per call is also
+split between its event loop's thread and its other threads (database workers, trace
+writer, lease heartbeat). A side's ladder stops after its first
 step with a failed call or a p99 digit->Dial (srv) over 100 ms.
 
 At the end the money is checked in both databases: every completed call has one CDR
@@ -472,7 +474,9 @@ class Cpu:
         except OSError:
             pass
         return {"asterisk": sipcalls.proc_cpu_s(self.asterisk_pid),
-                "server": sipcalls.proc_cpu_s(self.server_pid), "scripts": children,
+                "server": sipcalls.proc_cpu_s(self.server_pid),
+                "server_loop": thread_cpu_s(self.server_pid, self.server_pid),
+                "scripts": children,
                 "db": self.backends(), "driver": sipcalls.self_cpu_s(),
                 "machine": sipcalls.machine_busy_s(), "wall": time.perf_counter()}
 
@@ -482,6 +486,17 @@ class Cpu:
         out["db"] = sum(v - before["db"].get(pid, 0.0) for pid, v in now["db"].items()
                         if not math.isnan(v))
         return out
+
+
+def thread_cpu_s(pid: int, tid: int) -> float:
+    """CPU seconds of one thread of a process (the server's event loop: its main thread,
+    whose thread id is the process id)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the run
@@ -867,6 +882,12 @@ def step_notes(step: Step) -> list[str]:
     if step.launch_late_ms > 50:
         notes.append(f"    the driver started a call up to {step.launch_late_ms:.0f} ms late "
                      f"(worst event-loop lag {step.lag_ms:.0f} ms)")
+    if step.side == "ours" and step.calls and not math.isnan(step.cpu["server_loop"]):
+        n = len(step.calls)
+        loop = step.cpu["server_loop"]
+        notes.append(f"    server CPU per call: {loop * 1000 / n:.1f} ms on the event loop's "
+                     f"thread, {(step.cpu['server'] - loop) * 1000 / n:.1f} ms on its other "
+                     f"threads (database workers, trace writer, lease heartbeat)")
     if step.steady:
         st = step.steady
         wall = st["wall"]
