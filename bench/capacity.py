@@ -491,12 +491,7 @@ class Cpu:
 def thread_cpu_s(pid: int, tid: int) -> float:
     """CPU seconds of one thread of a process (the server's event loop: its main thread,
     whose thread id is the process id)."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sipcalls.stat_cpu_s(f"/proc/{pid}/task/{tid}/stat")
 
 
 # --------------------------------------------------------------------------- the run

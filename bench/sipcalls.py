@@ -775,8 +775,13 @@ class Uac:
 
 
 def proc_cpu_s(pid: int) -> float:
+    return stat_cpu_s(f"/proc/{pid}/stat")
+
+
+def stat_cpu_s(path: str) -> float:
+    """utime + stime of a /proc stat file (a process's or one thread's), in seconds."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(path) as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return math.nan
