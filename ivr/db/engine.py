@@ -259,9 +259,13 @@ class Database:
 
 
 def lock_account(session: Session, account_id: int) -> Account:
-    """Load an account for update (row lock on PostgreSQL; SQLite holds the write lock)."""
+    """Load an account for update (row lock on PostgreSQL; SQLite holds the write lock),
+    as committed by any transaction that held the lock before: an Account this session
+    had loaded already is refreshed (``populate_existing``), else its balance would be
+    the one read before the lock, and a credit written from it would undo another's."""
     account = session.execute(
         select(Account).where(Account.id == account_id).with_for_update()
+        .execution_options(populate_existing=True)
     ).scalar_one_or_none()
     if account is None:
         raise LookupError(f"no account {account_id}")

@@ -132,6 +132,45 @@ def test_settle_is_idempotent_per_uniqueid(db: Database):
                         .where(LedgerEntry.kind == EntryKind.CALL)) == 1
 
 
+def test_a_settlement_says_what_the_account_can_spend_after_it(db: Database):
+    """The caller hears the balance after a call from the settlement itself: the balance
+    less what the account's other live calls hold, read under the settling lock."""
+    setup_plan(db)
+    account_id = new_account(db, "1.00")
+    ledger = Ledger(db)
+    first = ledger.authorize(US, account_id=account_id, at=AT, hold=120)
+    second = ledger.authorize(US, account_id=account_id, at=AT, hold=120)
+    assert isinstance(first, Grant) and isinstance(second, Grant)
+    done = ledger.settle(first.reservation_id, 60, uniqueid="u-1")
+    balance, reserved, _ = account_state(db, account_id)
+    assert reserved == second.amount > 0
+    assert done.balance == balance == Decimal("0.94")
+    assert done.available == balance - reserved
+    assert ledger.settle(first.reservation_id, 60, uniqueid="u-1").available is None  # again
+
+
+@pytest.mark.postgres
+def test_a_credit_after_an_unlocked_read_of_the_account_loses_no_other_credit(
+    postgres_db: Database,
+):
+    """A transaction read the account (no lock), another credited it and committed, then
+    the first credits it: the row lock must bring the committed balance into the
+    session's Account, or the first credit is written over the second (5 + 1 + 1 = 6,
+    the ledger saying 7). SQLite cannot interleave these: its writer lock is held from
+    the first read."""
+    db = postgres_db
+    setup_plan(db)
+    account_id = new_account(db, "5.00")
+    with db.transaction() as first:
+        seen = first.get(Account, account_id)
+        assert seen is not None and seen.balance == Decimal("5.00")
+        with db.transaction() as second:
+            credit(second, account_id, Decimal("1.00"), EntryKind.ADJUSTMENT)
+        credit(first, account_id, Decimal("1.00"), EntryKind.ADJUSTMENT)
+    balance, _, total = account_state(db, account_id)
+    assert balance == total == Decimal("7.00")
+
+
 def test_billable_beyond_the_grant_is_not_charged(db: Database):
     setup_plan(db)
     account_id = new_account(db, "0.50")
