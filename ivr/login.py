@@ -100,23 +100,49 @@ def pinless(
     if not callerid:
         return None
     with db.reading() as s:
-        card = s.scalar(_with_account.where(Card.callerid == callerid))
-        if card is None:
-            return None
-        return _usable(s, card, (today or utcnow()).date())
+        return _pinless(s, callerid, (today or utcnow()).date())
 
 
 def throttled(db: Database, callerid: str | None, policy: LoginPolicy,
               *, now: datetime | None = None) -> bool:
     """Too many failed log-ins from this caller ID lately."""
-    now = now or utcnow()
-    since = now - timedelta(seconds=policy.callerid_failure_window)
     with db.reading() as s:
-        count = s.scalar(
-            select(func.count(AuthFailure.id)).where(
-                AuthFailure.callerid == (callerid or ANONYMOUS), AuthFailure.at > since
-            )
+        return _throttled(s, callerid, policy, now or utcnow())
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What a call's caller ID says before anything is asked: its registered card's
+    log-in (pinless), else whether log-ins from it are throttled."""
+
+    pinless: LoginResult | None
+    throttled: bool
+
+
+def arrival(db: Database, callerid: str | None, policy: LoginPolicy,
+            *, now: datetime | None = None) -> Arrival:
+    """:func:`pinless`, then (without a registered card) :func:`throttled`, in one read:
+    one database step for a call's start instead of two."""
+    now = now or utcnow()
+    with db.reading() as s:
+        found = _pinless(s, callerid, now.date()) if callerid else None
+        if found is not None:
+            return Arrival(found, False)
+        return Arrival(None, _throttled(s, callerid, policy, now))
+
+
+def _pinless(s: Session, callerid: str, today: date) -> LoginResult | None:
+    card = s.scalar(_with_account.where(Card.callerid == callerid))
+    return None if card is None else _usable(s, card, today)
+
+
+def _throttled(s: Session, callerid: str | None, policy: LoginPolicy, now: datetime) -> bool:
+    since = now - timedelta(seconds=policy.callerid_failure_window)
+    count = s.scalar(
+        select(func.count(AuthFailure.id)).where(
+            AuthFailure.callerid == (callerid or ANONYMOUS), AuthFailure.at > since
         )
+    )
     return bool(count and count >= policy.callerid_max_failures)
 
 

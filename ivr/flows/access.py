@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from .. import login
@@ -126,13 +126,13 @@ async def identify(s: AccessCall) -> Cardholder | None:
     """Pinless by caller ID, else card number then PIN. None: the call ends."""
     await s.voice.play(s.call, "welcome")
     policy = LoginPolicy.from_settings(s.settings, s.app.pin_keys)
-    result = await s.db.run(login.pinless, s.db, s.callerid)
-    if result is not None:
+    arrived = await s.db.run(login.arrival, s.db, s.callerid, policy)
+    if (result := arrived.pinless) is not None:
         log.info("%s pinless log-in, card ...%s", s.tag, _last4(result))
         if result.verdict in (Verdict.OK, Verdict.EMPTY):
             await s.voice.play(s.call, "welcome-back")
         return await _admit(s, result)
-    if await s.db.run(login.throttled, s.db, s.callerid, policy):
+    if arrived.throttled:
         log.warning("%s log-in refused: too many failures from this caller ID", s.tag)
         await s.voice.play(s.call, "too-many-attempts")
         return None
@@ -207,7 +207,7 @@ async def calls_until_done(s: AccessCall) -> None:
         result = await dial(s, grant)
         if s.call.hung_up:
             return
-        s.holder = await s.db.run(login.holder, s.db, s.holder.card_id)
+        s.holder = await holder_after(s, result)
         await after_call(s, result)
         if s.holder.available <= 0:
             await s.voice.play(s.call, "card-empty")
@@ -215,6 +215,17 @@ async def calls_until_done(s: AccessCall) -> None:
         choice = await s.voice.ask(s.call, "another-call", 5000, 1)
         if choice != "1":
             return
+
+
+async def holder_after(s: AccessCall, result: DialResult) -> Cardholder:
+    """The card's holder after a call: a charged call's settlement says what the account
+    can spend now (read under its lock); otherwise it is read again (another card of
+    the account may have spent meanwhile)."""
+    assert s.holder is not None
+    settlement = result.settlement
+    if settlement is not None and settlement.available is not None:
+        return replace(s.holder, available=settlement.available)
+    return await s.db.run(login.holder, s.db, s.holder.card_id)
 
 
 async def choose_destination(s: AccessCall) -> _Reserved | None:

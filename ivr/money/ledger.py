@@ -96,6 +96,10 @@ class Settlement:
     balance: Decimal  # after the charge
     duplicate: bool  # this uniqueid had already been settled: nothing charged now
     granted: int = 0  # seconds the call was allowed at the end (its last hold)
+    # What the account can spend once this call is charged (its balance less the other
+    # live calls' holds), read under the same lock: the caller is told it without a
+    # second read. None on a duplicate (nothing was locked for it).
+    available: Decimal | None = None
 
 
 def credit(
@@ -419,7 +423,8 @@ class Ledger:
             cdr_id = s.execute(_NEW_CDR, _cdr_row(
                 s, res, uniqueid, caller, started_at, answered_at, ended_at or now, seconds,
                 cost, account.currency, hangup_cause)).scalar_one()
-            return Settlement(res.id, cdr_id, seconds, cost, balance, False, res.seconds)
+            return Settlement(res.id, cdr_id, seconds, cost, balance, False, res.seconds,
+                              balance - (account.reserved - res.amount))
 
     # ------------------------------------------------------------------ release
 

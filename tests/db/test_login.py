@@ -445,3 +445,30 @@ def test_holder_after_a_call(plan: Database):
     assert info.available == Decimal("0.70") and info.last4 == card.number[-4:]
     with pytest.raises(LookupError):
         login.holder(plan, 999_999)
+
+
+# --------------------------------------------------------------------------- a call's start
+
+
+def test_arrival_is_pinless_and_throttled_in_one_read(plan: Database):
+    """The access line's first database step: a registered caller ID's card, else whether
+    that caller ID is throttled; the same answers as pinless() and throttled()."""
+    card = new_card(plan, Decimal("5.00"), callerid=CALLER)
+    stranger = "13105550000"
+    arrived = login.arrival(plan, CALLER, POLICY, now=NOW)
+    assert arrived.pinless == login.pinless(plan, CALLER, today=NOW)
+    assert arrived.pinless is not None and arrived.pinless.card_id == card.card_id
+    assert not arrived.throttled
+    assert login.arrival(plan, stranger, POLICY, now=NOW) == login.Arrival(None, False)
+    assert login.arrival(plan, None, POLICY, now=NOW) == login.Arrival(None, False)
+    for n in range(POLICY.callerid_max_failures):
+        login.log_in(plan, f"00000000000{n}", "1234", stranger, POLICY, now=NOW)
+    later = NOW + timedelta(seconds=1)
+    assert login.arrival(plan, stranger, POLICY, now=later) == login.Arrival(None, True)
+    assert login.throttled(plan, stranger, POLICY, now=later)
+    # A registered card logs in without a PIN: failures from its number do not stop it.
+    for n in range(POLICY.callerid_max_failures):
+        login.log_in(plan, f"00000000001{n}", "1234", CALLER, POLICY, now=NOW)
+    arrived = login.arrival(plan, CALLER, POLICY, now=later)
+    assert arrived.pinless is not None and arrived.pinless.verdict is Verdict.OK
+    assert not arrived.throttled

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -193,6 +194,36 @@ async def test_the_agi_commands_of_a_session_with_one_answered_call(line: Line) 
     assert dial == (f'EXEC "Dial" "Local/{US_NUMBER}@ivr-test-callee,60,'
                     f'U(ivr-access-answered^300^{key})B(ivr-access-prepare^s^1({key}^390))"')
     assert caller.astdb == {}
+
+
+async def test_the_database_steps_of_a_paid_call(
+    line: Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each step is a hand-off to a database thread and back: a paid call takes four (the
+    caller ID's card or throttle, the log-in, the reservation, the charge, which also
+    tells the balance said after the call). An unanswered call reads the balance again."""
+    card = line.card("5.00")
+    steps: list[str] = []
+    run = line.db.run
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        steps.append(func.__name__)
+        return await run(func, *args, **kwargs)
+
+    monkeypatch.setattr(line.db, "run", counted)
+    keys = log_in_keys(card.number, card.pin, US_NUMBER, US_NUMBER) | {"another-call": ["1"]}
+    caller = ScriptedCaller(keys, dials=[Outcome.answered(42), Outcome("BUSY")])
+    await line.call(caller)
+
+    # The outbound trunk is read once per OUTBOUND_TTL, not per call (ivr.app).
+    assert steps.count("_read_outbound") == 1
+    steps.remove("_read_outbound")
+    assert steps == ["arrival", "log_in", "authorize", "settle",
+                     "authorize", "release", "holder"]
+    assert caller.heard[caller.heard.index("call-cost"):][:10] == [
+        "call-cost", "number:42", "unit-cents",
+        "your-balance-is", "number:4", "digits/dollars", "vm-and", "number:58", "unit-cents",
+        "another-call"]
 
 
 async def test_the_agi_commands_of_an_unanswered_call(line: Line) -> None:
